@@ -63,3 +63,19 @@ def tiny_model(arch: str = "llama", gqa: bool = True, seed: int = 0, **kw) -> to
             if name.endswith(".bias"):
                 p.normal_(0, 0.02)
     return model.eval()
+
+
+def tiny_tokenizer():
+    """A byte-level tokenizer with 256 ids (one per byte, no merges) to pair with tiny models."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=sorted(alphabet)[1], eos_token=sorted(alphabet)[2],
+        pad_token=sorted(alphabet)[0],
+    )

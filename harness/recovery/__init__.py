@@ -1,1 +1,136 @@
+"""Recovery (retraining after pruning): LoRA, CPT, CPT then LoRA, and KD on one token budget.
 
+`recover(model, cfg, train_ids, out_dir)` returns the recovered plain model (LoRA merged) and
+metrics. The budget is in tokens: each optimizer step consumes
+seq_len * batch_size * grad_accum * world_size tokens, so equal budgets give equal token counts
+across methods. `out_dir` holds the run's state: one directory per phase with its checkpoints and
+loss curve, plus a combined `train_log.csv`; re-running with the same `out_dir` resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import torch
+
+from harness.recovery.config import RecoverConfig
+from harness.recovery.data import CyclicDataset, load_examples
+from harness.recovery.trainer import LOG_NAME, NonFiniteLossError, read_log, world_size
+
+__all__ = ["RecoverConfig", "NonFiniteLossError", "recover", "phase_steps"]
+
+
+def phase_steps(cfg: RecoverConfig, world: int = 1) -> list[tuple[str, int]]:
+    """[(phase, optimizer steps)]: the token budget in steps (at least 1), split for cpt_lora."""
+    step_tokens = cfg.seq_len * cfg.batch_size * cfg.grad_accum * world
+    total = max(1, cfg.tokens // step_tokens)
+    if cfg.name != "cpt_lora":
+        return [(phase, total) for phase in cfg.phases]
+    if total == 1:
+        return [("cpt", 1)]
+    cpt = min(max(round(total * cfg.cpt_fraction), 1), total - 1)
+    return [("cpt", cpt), ("lora", total - cpt)]
+
+
+def _runner(phase: str):
+    if phase == "lora":
+        from harness.recovery.lora import run_lora
+
+        return run_lora
+    if phase == "kd":
+        from harness.recovery.kd import run_kd
+
+        return run_kd
+    from harness.recovery.cpt import run_cpt
+
+    return run_cpt
+
+
+def _combine_logs(out: Path, phases: list[str]) -> None:
+    """One loss curve over all phases: steps and tokens continue across phase boundaries."""
+    step0 = tokens0 = 0
+    with (out / LOG_NAME).open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "loss", "lr", "tokens_seen", "phase"])
+        for phase in phases:
+            rows = read_log(out / phase / LOG_NAME)
+            for r in rows:
+                writer.writerow(
+                    [
+                        step0 + int(r["step"]),
+                        r["loss"],
+                        r["lr"],
+                        tokens0 + int(r["tokens_seen"]),
+                        phase,
+                    ]
+                )
+            if rows:
+                step0, tokens0 = (
+                    step0 + int(rows[-1]["step"]),
+                    tokens0 + int(rows[-1]["tokens_seen"]),
+                )
+
+
+def recover(
+    model,
+    cfg: RecoverConfig,
+    train_ids: torch.Tensor | None,
+    out_dir: str | Path,
+    teacher=None,
+    tokenizer=None,
+    report_to: str | list[str] = "none",
+    callbacks=(),
+) -> tuple[torch.nn.Module, dict]:
+    """Recover `model` with `cfg.name` on `cfg.tokens` training tokens.
+
+    `train_ids` is the 1-D wiki_train token stream (used when cfg.data == 'wiki_train');
+    file data needs `tokenizer`; KD needs the dense `teacher`. Extra `callbacks` go to every
+    phase's Trainer. Returns (plain model in eval mode, {'recover/...': value}); for 'none'
+    the model comes back unchanged with {}.
+    """
+    cfg.validate()
+    if cfg.name == "none":
+        return model, {}
+    if cfg.name == "kd" and teacher is None:
+        raise ValueError("recover.name=kd needs the dense teacher model")
+    start = time.perf_counter()
+    out = Path(out_dir)
+    world = world_size()
+    plan = phase_steps(cfg, world)
+    per_step = cfg.batch_size * cfg.grad_accum * world  # examples per optimizer step
+    budget = sum(steps for _, steps in plan) * per_step * cfg.seq_len
+    examples = load_examples(cfg.data, cfg.seq_len, train_ids, tokenizer, max_tokens=budget)
+    metrics: dict[str, float] = {"recover/budget_tokens": cfg.tokens}
+    first = 0
+    for phase, steps in plan:
+        dataset = CyclicDataset(examples, start=first, count=steps * per_step)
+        first += steps * per_step
+        extra = {"teacher": teacher} if phase == "kd" else {}
+        model, phase_metrics = _runner(phase)(
+            model,
+            cfg,
+            dataset,
+            out / phase,
+            steps,
+            report_to=report_to,
+            callbacks=list(callbacks),
+            **extra,
+        )
+        metrics.update({f"recover/{phase}/{k}": v for k, v in phase_metrics.items()})
+    _combine_logs(out, [phase for phase, _ in plan])
+    phases = [phase for phase, _ in plan]
+    elapsed = time.perf_counter() - start
+    tokens_seen = sum(metrics[f"recover/{p}/tokens_seen"] for p in phases)
+    metrics.update(
+        {
+            "recover/tokens_seen": tokens_seen,
+            "recover/steps": sum(metrics[f"recover/{p}/steps"] for p in phases),
+            "recover/first_loss": metrics[f"recover/{phases[0]}/first_loss"],
+            "recover/final_loss": metrics[f"recover/{phases[-1]}/final_loss"],
+            "recover/time_s": elapsed,
+            "recover/tokens_per_s": tokens_seen / max(elapsed, 1e-9),
+        }
+    )
+    return model, metrics

@@ -1,0 +1,66 @@
+"""Text sources by name: protocol splits, local files, or hub datasets (when reachable).
+
+A source is one of:
+- a protocol split: `wiki_train`, `wiki_test`, `c4_calib`, `c4_test`;
+- a local file: `.txt` (documents separated by blank lines) or `.jsonl` (a `text` field);
+- a hub dataset: `hf:PATH[:CONFIG]:SPLIT`, e.g. `hf:wikitext:wikitext-2-raw-v1:test`.
+Documents are joined with blank lines and tokenized once, as the protocol does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from harness.data import protocol
+
+TEST_SPLITS = ("wiki_test", "c4_test")
+
+
+def check_source(source: str, role: str = "text") -> None:
+    """Fail fast on a source that cannot exist; never calibrate or train on a test split."""
+    if role != "evaluation" and source in TEST_SPLITS:
+        raise ValueError(f"{source!r} is a test split: never use it for {role}")
+    if source in protocol.SPLITS or source.startswith("hf:"):
+        return
+    path = Path(source)
+    if path.suffix in (".txt", ".jsonl", ".json") and path.exists():
+        return
+    raise ValueError(
+        f"unknown text source {source!r}: use one of {protocol.SPLITS}, an existing .txt/.jsonl "
+        "file, or hf:PATH[:CONFIG]:SPLIT"
+    )
+
+
+def documents(source: str) -> list[str]:
+    if source in protocol.SPLITS:
+        return protocol.split_documents(source)
+    if source.startswith("hf:"):
+        from datasets import load_dataset
+
+        parts = source[3:].split(":")
+        path, split = parts[0], parts[-1]
+        config = parts[1] if len(parts) == 3 else None
+        ds = load_dataset(path, config, split=split)
+        return [t for t in ds["text"] if t.strip()]
+    path = Path(source)
+    if path.suffix == ".jsonl":
+        with open(path) as f:
+            return [json.loads(line)["text"] for line in f if line.strip()]
+    return [d.strip() for d in path.read_text(encoding="utf-8").split("\n\n") if d.strip()]
+
+
+def token_ids(source: str, tokenizer) -> torch.Tensor:
+    """1-D ids of the whole source, documents joined with blank lines, no special tokens."""
+    return protocol.tokenize_documents(documents(source), tokenizer)
+
+
+def calibration_ids(
+    tokenizer, source: str = "c4_calib", num_samples: int = 10, seq_len: int = 128,
+    seed: int = 1234,
+) -> torch.Tensor:
+    """[num_samples, seq_len] windows drawn by the protocol's sampler from any source."""
+    docs = [tokenizer(d, add_special_tokens=False)["input_ids"] for d in documents(source)]
+    return protocol.sample_windows(docs, num_samples, seq_len, seed)

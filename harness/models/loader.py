@@ -1,0 +1,142 @@
+"""One loader for every model the harness touches, and one saver for every model it changes.
+
+`load_model(cfg)` accepts:
+  (a) the embedded default `smollm2_135m` (converted once from the protocol's GGUF),
+  (b) `path=DIR_OR_ID`: any local HF directory or hub id (hub access needed for ids),
+  (c) a shape-only name such as `llama2_7b_shape` (random weights, flagged `shape_only`),
+  (d) any directory this harness saved, pruned or recovered, even with uneven per-layer shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from harness.models.shapes import SHAPES, shape_config
+
+EMBEDDED = ("smollm2_135m",)
+ARCHITECTURES = ("llama", "mistral", "qwen2")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load and how. `name` picks a known model; `path` overrides it."""
+
+    name: str = "smollm2_135m"
+    path: str | None = None
+    dtype: str = "auto"  # auto = float32 on CPU, bfloat16 on GPU
+    device: str = "auto"
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+
+    def validate(self) -> None:
+        if self.path is None and self.name not in EMBEDDED + tuple(SHAPES):
+            choices = ", ".join(EMBEDDED + tuple(sorted(SHAPES)))
+            raise ValueError(f"unknown model {self.name!r}; choose from {choices} or set model.path")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"model.dtype must be auto or one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.path is not None and os.path.sep in self.path and not Path(self.path).exists():
+            raise ValueError(f"model.path {self.path!r} does not exist")
+
+    @property
+    def shape_only(self) -> bool:
+        return self.path is None and self.name in SHAPES
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[dtype]
+
+
+def model_source(cfg: ModelConfig) -> str:
+    """Directory or hub id the weights come from (fetching the embedded model if needed)."""
+    if cfg.path is not None:
+        return cfg.path
+    if cfg.name == "smollm2_135m":
+        from harness.assets import smollm2_dir
+
+        return str(smollm2_dir())
+    raise ValueError(f"{cfg.name!r} is shape-only and has no weights on disk")
+
+
+def load_hf_config(cfg: ModelConfig):
+    """The model's transformers config, without loading weights (for config-time validation)."""
+    if cfg.shape_only:
+        return shape_config(cfg.name)
+    return AutoConfig.from_pretrained(model_source(cfg), trust_remote_code=cfg.trust_remote_code)
+
+
+def load_model(cfg: ModelConfig | str) -> tuple[torch.nn.Module, object | None]:
+    """(model in eval mode on its device, tokenizer or None for shape-only models)."""
+    if isinstance(cfg, str):
+        cfg = ModelConfig(name=cfg) if cfg in EMBEDDED + tuple(SHAPES) else ModelConfig(path=cfg)
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.shape_only:
+        hf_config = shape_config(cfg.name)
+        hf_config._attn_implementation = cfg.attn_implementation
+        with device:
+            model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+        return model.eval(), None
+    source = model_source(cfg)
+    hf_config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    if hf_config.model_type not in ARCHITECTURES:
+        raise ValueError(
+            f"unsupported architecture {hf_config.model_type!r}; supported: {ARCHITECTURES}"
+        )
+    if _needs_harness_skeleton(hf_config):
+        from harness.models.uneven import load_uneven
+
+        model = load_uneven(source, dtype=dtype, attn_implementation=cfg.attn_implementation)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=dtype,
+            attn_implementation=cfg.attn_implementation,
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    return model.to(device).eval(), tokenizer
+
+
+def _needs_harness_skeleton(hf_config) -> bool:
+    """True for checkpoints whose per-layer shapes a stock config cannot describe."""
+    return any(
+        getattr(hf_config, key, None)
+        for key in ("harness_layer_shapes", "harness_skip_attn", "harness_skip_mlp")
+    )
+
+
+def save_model(model, tokenizer, out_dir: str | Path, plan: dict | None = None) -> Path:
+    """Write model (safetensors), tokenizer and `prune_plan.json` atomically into `out_dir`."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if plan is not None:
+            (tmp / "prune_plan.json").write_text(json.dumps(plan, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,221 @@
+"""Shared HF `Trainer` wiring for every recovery phase: arguments, resume, guard rails, loss log.
+
+One phase = one `Trainer` run in its own directory (`<out_dir>/<phase>`), so the same code runs
+on CPU, one GPU or many (`accelerate launch`). Checkpoints are marked `COMPLETE` only after the
+Trainer finished writing them; a restarted run resumes from the newest complete one and deletes
+incomplete ones. A non-finite loss raises `NonFiniteLossError` before that step can be saved.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
+
+MARKER = "COMPLETE"
+LOG_NAME = "train_log.csv"
+LOG_FIELDS = ("step", "loss", "lr", "tokens_seen")
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the message names the step and the last good checkpoint."""
+
+
+def world_size() -> int:
+    """Number of training processes (set by `accelerate launch` / torchrun; 1 otherwise)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def use_bf16(cfg) -> bool:
+    """bf16 mixed precision: `auto` means on GPU only."""
+    choice = str(cfg.bf16).lower()
+    return torch.cuda.is_available() if choice == "auto" else choice == "true"
+
+
+def checkpoints(run_dir: str | Path) -> list[tuple[int, Path, bool]]:
+    """(step, path, complete) for each `checkpoint-N` in `run_dir`, oldest first."""
+    run_dir = Path(run_dir)
+    found = []
+    if run_dir.is_dir():
+        for path in run_dir.iterdir():
+            match = _CKPT.match(path.name)
+            if match and path.is_dir():
+                found.append((int(match.group(1)), path, (path / MARKER).exists()))
+    return sorted(found)
+
+
+def last_complete_checkpoint(run_dir: str | Path) -> Path | None:
+    complete = [path for _, path, ok in checkpoints(run_dir) if ok]
+    return complete[-1] if complete else None
+
+
+def prepare_resume(run_dir: str | Path) -> Path | None:
+    """Delete incomplete checkpoints (main process only); return the newest complete one."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        for _, path, ok in checkpoints(run_dir):
+            if not ok:
+                shutil.rmtree(path, ignore_errors=True)
+    return last_complete_checkpoint(run_dir)
+
+
+def read_log(path: str | Path) -> list[dict[str, float]]:
+    """Rows of a `train_log.csv` as floats ([] when there is none)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return [
+            {k: float(v) for k, v in row.items() if k in LOG_FIELDS} for row in csv.DictReader(f)
+        ]
+
+
+def truncate_log(path: Path, last_step: int) -> None:
+    """Keep only rows up to `last_step` (the checkpoint a run resumes from); none for a fresh run."""
+    rows = [r for r in read_log(path) if r["step"] <= last_step]
+    path.unlink(missing_ok=True)
+    if rows:
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(
+                {**r, "step": int(r["step"]), "tokens_seen": int(r["tokens_seen"])} for r in rows
+            )
+
+
+class CompletionMarker(TrainerCallback):
+    """Writes `COMPLETE` into a checkpoint once the Trainer has finished saving it."""
+
+    def on_save(self, args, state, control, **kwargs):
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and path.is_dir():
+            (path / MARKER).write_text(f"step {state.global_step}\n")
+
+
+class LossLog(TrainerCallback):
+    """Appends step, loss, lr and tokens_seen to a CSV at every logging step."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "loss" not in logs:
+            return
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(LOG_FIELDS)
+            lr = logs.get("learning_rate", float("nan"))
+            writer.writerow([state.global_step, logs["loss"], lr, state.num_input_tokens_seen])
+
+
+class RecoveryTrainer(Trainer):
+    """`Trainer` that stops on the first non-finite loss, before that step is saved."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            step = self.state.global_step + 1
+            last = last_complete_checkpoint(self.args.output_dir)
+            raise NonFiniteLossError(
+                f"non-finite loss {loss.item()} at step {step}; last good checkpoint: {last}"
+            )
+        return loss
+
+
+def training_args(
+    cfg, out_dir: str | Path, *, lr: float, max_steps: int, report_to: str | list[str] = "none"
+) -> TrainingArguments:
+    """AdamW (fused on CUDA), warmup + cosine, bf16 on GPU, periodic checkpoints (keep 2)."""
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(out_dir),
+        run_name=Path(out_dir).name,
+        max_steps=max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=lr,
+        weight_decay=cfg.weight_decay,
+        adam_beta1=cfg.adam_beta1,
+        adam_beta2=cfg.adam_beta2,
+        optim="adamw_torch_fused" if cuda else "adamw_torch",
+        lr_scheduler_type="cosine",
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of max_steps
+        max_grad_norm=cfg.max_grad_norm,
+        bf16=use_bf16(cfg),
+        use_cpu=not cuda,
+        activation_checkpointing=cfg.gradient_checkpointing,  # non-reentrant by default
+        save_strategy="steps",
+        save_steps=cfg.save_steps or max(1, max_steps // 10),
+        save_total_limit=2,
+        logging_strategy="steps",
+        logging_steps=cfg.logging_steps or max(1, max_steps // 200),
+        include_num_input_tokens_seen="non_padding",
+        report_to=report_to,
+        disable_tqdm=cfg.disable_tqdm,
+        seed=cfg.seed,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=cuda,
+        remove_unused_columns=False,
+    )
+
+
+def train_phase(
+    model,
+    dataset,
+    out_dir: str | Path,
+    cfg,
+    *,
+    lr: float,
+    max_steps: int,
+    report_to: str | list[str] = "none",
+    callbacks=(),
+    trainer_cls=RecoveryTrainer,
+    **trainer_kwargs,
+) -> dict[str, float]:
+    """Train `model` in place for `max_steps` optimizer steps, resuming from `out_dir` if a
+    complete checkpoint is there. Returns tokens_seen, steps, first/final loss, time_s."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resume = prepare_resume(out)
+    log_path = out / LOG_NAME
+    if int(os.environ.get("RANK", "0")) == 0:
+        truncate_log(log_path, int(_CKPT.match(resume.name).group(1)) if resume else 0)
+    half = (torch.bfloat16, torch.float16)
+    dtype = next(model.parameters()).dtype
+    upcast = any(p.requires_grad and p.dtype in half for p in model.parameters())
+    if upcast:
+        model.float()  # fp32 master weights; bf16 compute comes from autocast
+    trainer = trainer_cls(
+        model=model,
+        args=training_args(cfg, out, lr=lr, max_steps=max_steps, report_to=report_to),
+        train_dataset=dataset,
+        data_collator=default_data_collator,
+        callbacks=[CompletionMarker(), LossLog(log_path), *callbacks],
+        **trainer_kwargs,
+    )
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    elapsed = time.perf_counter() - start
+    if cfg.gradient_checkpointing and hasattr(model, "activation_checkpointing_disable"):
+        model.activation_checkpointing_disable()
+    if upcast:
+        model.to(dtype)
+    model.eval()
+    rows = read_log(log_path)
+    return {
+        "tokens_seen": int(trainer.state.num_input_tokens_seen),
+        "steps": int(trainer.state.global_step),
+        "first_loss": rows[0]["loss"] if rows else math.nan,
+        "final_loss": rows[-1]["loss"] if rows else math.nan,
+        "time_s": elapsed,
+        "resumed_from_step": int(_CKPT.match(resume.name).group(1)) if resume else 0,
+    }

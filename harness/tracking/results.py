@@ -1,0 +1,62 @@
+"""The results table: one row per run, safe under concurrent appends, idempotent on repeats.
+
+Rows live in `<results_dir>/results.csv`, keyed by `run_key` (a hash of the run's config). Every
+write takes an exclusive file lock, rewrites the table to a temporary file and renames it into
+place, so readers never see a half-written table and two processes never lose each other's rows.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+TABLE = "results.csv"
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(path.suffix + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def read_table(results_dir: str | Path) -> pd.DataFrame:
+    path = Path(results_dir) / TABLE
+    if not path.exists():
+        return pd.DataFrame()
+    return pd.read_csv(path)
+
+
+def upsert_row(results_dir: str | Path, row: dict) -> pd.DataFrame:
+    """Add `row` (must hold `run_key`), replacing any earlier row with the same key."""
+    if "run_key" not in row:
+        raise ValueError("a results row needs a run_key")
+    path = Path(results_dir) / TABLE
+    with _locked(path):
+        table = read_table(results_dir)
+        if len(table):
+            table = table[table["run_key"] != row["run_key"]]
+        table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
+        fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".csv", dir=path.parent)
+        os.close(fd)
+        try:
+            table.to_csv(tmp, index=False)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return table
+
+
+def has_row(results_dir: str | Path, run_key: str) -> bool:
+    table = read_table(results_dir)
+    return bool(len(table)) and bool((table["run_key"] == run_key).any())

@@ -1,0 +1,35 @@
+import math
+
+import torch
+
+from harness.evaluation.perplexity import perplexity, windows
+from harness.models.tiny import tiny_model
+
+
+def test_windows_drop_last_partial():
+    w = windows(torch.arange(10), 4)
+    assert w.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_perplexity_equals_hand_computed_value():
+    model = tiny_model("llama")
+    ids = torch.randint(0, 256, (50,), generator=torch.Generator().manual_seed(0))
+    # by hand: every window predicts its own next tokens, token by token
+    total, count = 0.0, 0
+    for w in windows(ids, 16):
+        logprobs = torch.log_softmax(model(w[None]).logits[0].double(), -1)
+        for t in range(15):
+            total -= logprobs[t, w[t + 1]].item()
+            count += 1
+    res = perplexity(model, ids, seq_len=16, batch_size=2, progress=False)
+    assert res["predicted"] == count == 3 * 15
+    assert res["tokens"] == 48
+    assert math.isclose(res["ppl"], math.exp(total / count), rel_tol=1e-5)
+
+
+def test_perplexity_independent_of_batch_size():
+    model = tiny_model("qwen2")
+    ids = torch.randint(0, 256, (200,), generator=torch.Generator().manual_seed(1))
+    a = perplexity(model, ids, seq_len=32, batch_size=1, progress=False)["ppl"]
+    b = perplexity(model, ids, seq_len=32, batch_size=6, progress=False)["ppl"]
+    assert math.isclose(a, b, rel_tol=1e-5)

@@ -1,0 +1,27 @@
+import multiprocessing as mp
+
+from harness.tracking.results import has_row, read_table, upsert_row
+
+
+def test_repeated_run_keeps_one_row(tmp_path):
+    for value in (1.0, 2.0, 3.0):
+        upsert_row(tmp_path, {"run_key": "a", "ppl/wiki_test": value})
+    upsert_row(tmp_path, {"run_key": "b", "ppl/wiki_test": 9.0})
+    table = read_table(tmp_path)
+    assert sorted(table["run_key"]) == ["a", "b"]
+    assert table.set_index("run_key").loc["a", "ppl/wiki_test"] == 3.0
+    assert has_row(tmp_path, "b") and not has_row(tmp_path, "c")
+
+
+def _append(args):
+    results_dir, worker = args
+    for i in range(10):
+        upsert_row(results_dir, {"run_key": f"k{i % 5}-{worker % 4}", "worker": worker, "i": i})
+
+
+def test_concurrent_appends_lose_nothing_and_duplicate_nothing(tmp_path):
+    with mp.get_context("spawn").Pool(4) as pool:
+        pool.map(_append, [(str(tmp_path), w) for w in range(8)])
+    table = read_table(tmp_path)
+    assert len(table) == 20  # 5 keys x 4 worker classes, each exactly once
+    assert table["run_key"].is_unique
