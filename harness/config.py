@@ -16,6 +16,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from harness.data.config import DataConfig
 from harness.data.text import check_source
+from harness.evaluation.config import SpeedConfig, ZeroShotConfig
 from harness.models.loader import ModelConfig
 from harness.tracking.wandb_logger import LoggerConfig
 
@@ -27,12 +28,18 @@ class EvalConfig:
     ppl_sources: list[str] = field(default_factory=lambda: ["wiki_test", "c4_test"])
     seq_len: int = 128
     batch_size: int = 8
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
 
     def validate(self) -> None:
         for source in self.ppl_sources:
             check_source(source, role="evaluation")
         if self.seq_len < 2 or self.batch_size < 1:
             raise ValueError("eval.seq_len must be >= 2 and eval.batch_size >= 1")
+        if self.zeroshot.enabled:
+            self.zeroshot.validate()
+        if self.speed.enabled:
+            self.speed.validate()
 
 
 @dataclass
@@ -59,20 +66,10 @@ class Config:
 
 def prune_schemas() -> dict[str, type]:
     """`prune=<name>` options and their dataclasses."""
-    out = {"none": NoPrune}
-    try:  # TODO(integration): plain imports once depth/width land
-        from harness.pruning.depth import DepthPruneConfig
+    from harness.pruning.depth import DepthPruneConfig
+    from harness.pruning.width import WidthPruneConfig
 
-        out["depth"] = DepthPruneConfig
-    except ImportError:
-        pass
-    try:
-        from harness.pruning.width import WidthPruneConfig
-
-        out["width"] = WidthPruneConfig
-    except ImportError:
-        pass
-    return out
+    return {"none": NoPrune, "depth": DepthPruneConfig, "width": WidthPruneConfig}
 
 
 def recover_schema() -> type:

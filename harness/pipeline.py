@@ -8,6 +8,8 @@ and a finished run re-executed loads nothing and computes nothing.
 from __future__ import annotations
 
 import logging
+import os
+import platform
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -17,11 +19,14 @@ import torch
 from harness.assets import WHEELS, cache_root
 from harness.config import RunSpec
 from harness.data.text import calibration_ids, token_ids
+from harness.evaluation.efficiency import efficiency_metrics
 from harness.evaluation.perplexity import perplexity
+from harness.evaluation.speed import benchmark_speed, speed_metrics
+from harness.evaluation.zeroshot import evaluate_zeroshot
 from harness.models.loader import ModelConfig, load_model, resolve_device, resolve_dtype, save_model
-from harness.models.params import count_params
 from harness.pruning import api as pruning
 from harness.sweeps.cache import StageCache, config_key, link_tree
+from harness.tracking.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,13 @@ def model_identity(cfg: ModelConfig) -> dict:
         files = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in path.iterdir())
         return {"path": str(path.resolve()), "files": files, "dtype": dtype}
     return {"hub": cfg.path, "dtype": dtype}
+
+
+def device_name() -> str:
+    """The hardware speed figures belong to (part of their cache key)."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"cpu-{platform.machine()}-{os.cpu_count()}cores"
 
 
 class Run:
@@ -85,12 +97,19 @@ class Run:
         return path / "model"
 
     def _importance(self, model, calib):
-        fields = pruning.importance_fields(self.spec.prune)
-        if fields is None:  # not cacheable (e.g. iterative re-scoring): scored inside apply()
+        """Scores from the cache, or computed once and cached; None when not cacheable."""
+        fields = pruning.importance_fields(self.spec.prune, model.config)
+        if fields is None:
             return None
         key = {**self.base_key, "importance": fields, "calibration": asdict(self.spec.data)}
-        return self._timed("importance", lambda: self.cache.json_stage(
-            "importance", key, lambda: pruning.score(model, self.spec.prune, calib)))
+
+        def build(tmp: Path) -> dict:
+            pruning.save_scores(pruning.score(model, self.spec.prune, calib), tmp)
+            return {}
+
+        path, _ = self._timed("importance", lambda: self.cache.get_or_compute(
+            "importance", key, build))
+        return pruning.load_scores(path)
 
     def _recovered(self, start_dir: Path | None):
         from harness.recovery import recover
@@ -152,12 +171,22 @@ class Run:
         return metrics
 
     def _evaluate(self, get_model) -> dict:
-        spec, out = self.spec, {}
-        params = self.cache.json_stage("params", self.final_key, lambda: count_params(get_model()))
-        out.update({f"params/{k}": v for k, v in params.items()})
+        """Every evaluation is its own cache entry, so adding one never redoes the others."""
+        spec, ev, out = self.spec, self.spec.eval, {}
+        eff_key = {"model": self.final_key, "seq_len": ev.seq_len}
+        eff = self.cache.json_stage("efficiency", eff_key,
+                                    lambda: efficiency_metrics(get_model(), ev.seq_len))
+        out.update(eff)
+        out["params/total"] = eff["efficiency/params_total"]
+        out["params/nonembedding"] = eff["efficiency/params_nonembedding"]
+        if ev.speed.enabled:
+            key = {"model": self.final_key, "speed": asdict(ev.speed), "device": device_name()}
+            rows = self._timed("speed", lambda: self.cache.json_stage(
+                "speed", key, lambda: benchmark_speed(get_model(), ev.speed)))
+            write_json_atomic(self.run_dir / "speed.json", rows)
+            out.update(speed_metrics(rows))
         if spec.model.shape_only:
             return out  # random weights: no accuracy figures, by design
-        ev = spec.eval
         for source in ev.ppl_sources:
             key = {"model": self.final_key, "source": source, "seq_len": ev.seq_len}
 
@@ -169,6 +198,11 @@ class Run:
                 "ppl", k, c))
             out[f"ppl/{source}"] = res["ppl"]
             out[f"ppl/{source}/tokens"] = res["tokens"]
+        if ev.zeroshot.enabled:
+            zs = {k: v for k, v in asdict(ev.zeroshot).items() if k != "batch_size"}
+            out.update(self._timed("zeroshot", lambda: self.cache.json_stage(
+                "zeroshot", {"model": self.final_key, "zeroshot": zs},
+                lambda: evaluate_zeroshot(get_model(), self.tokenizer, ev.zeroshot))))
         return out
 
     def _timed(self, stage: str, fn):
@@ -180,8 +214,12 @@ class Run:
 
 
 def run_key(spec: RunSpec) -> str:
-    """Identity of a run's result row: everything that determines its numbers."""
+    """Identity of a run's result row: everything that determines its numbers (settings of a
+    stage that is switched off, such as a token budget with recover=none, do not count)."""
+    def stage(cfg) -> dict:
+        return {"name": "none"} if cfg.name == "none" else asdict(cfg)
+
     return config_key({
         "model": model_identity(spec.model), "data": asdict(spec.data),
-        "prune": asdict(spec.prune), "recover": asdict(spec.recover), "eval": asdict(spec.eval),
+        "prune": stage(spec.prune), "recover": stage(spec.recover), "eval": asdict(spec.eval),
     })

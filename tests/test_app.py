@@ -21,7 +21,7 @@ def test_second_run_loads_and_computes_nothing(tiny_dir, text_file, tmp_path):
     spec = validate(_compose(_overrides(tiny_dir, text_file, tmp_path)))
     first = Run(spec, tmp_path / "run1")
     m1 = first.execute()
-    assert sorted(s.split("/")[0] for s in first.cache.computed) == ["params", "ppl"]
+    assert sorted(s.split("/")[0] for s in first.cache.computed) == ["efficiency", "ppl"]
     second = Run(spec, tmp_path / "run2", StageCache(tmp_path / "cache"))
     m2 = second.execute()
     assert second.cache.computed == [] and "load" not in second.times
@@ -41,3 +41,31 @@ def test_cli_writes_run_dir_and_one_results_row(tiny_dir, text_file, tmp_path):
     table = pd.read_csv(tmp_path / "results" / "results.csv")
     assert len(table) == 1 and table.loc[0, "run_dir"].endswith("run1")
     assert "ppl/" in res.stdout  # the printed results table
+
+
+def _prune_overrides(tiny_dir, text_file, tmp_path, *extra):
+    return [*_overrides(tiny_dir, text_file, tmp_path), f"data.calib_source={text_file}",
+            "data.calib_samples=4", "data.calib_seq_len=16", *extra]
+
+
+def test_depth_and_width_share_nothing_but_each_scores_once(tiny_dir, text_file, tmp_path):
+    depth = ["prune=depth", "prune.criterion=taylor", "prune.protect_first=1",
+             "prune.protect_last=1", "prune.ratio=null"]
+    cache = StageCache(tmp_path / "cache")
+    for n in (1, 2):  # a two-size sweep computes the importance once
+        spec = validate(_compose(_prune_overrides(
+            tiny_dir, text_file, tmp_path, *depth, f"prune.num_blocks={n}")))
+        metrics = Run(spec, tmp_path / f"d{n}", cache).execute()
+        assert metrics["prune/num_removed"] == n
+        assert (tmp_path / f"d{n}" / "model" / "prune_plan.json").exists()
+    stages = [s.split("/")[0] for s in cache.computed]
+    assert stages.count("importance") == 1 and stages.count("pruned") == 2
+    width = ["prune=width", "prune.criterion=l2", "prune.layer_start=0", "prune.layer_end=4",
+             "prune.ratio=0.2"]
+    spec = validate(_compose(_prune_overrides(tiny_dir, text_file, tmp_path, *width)))
+    metrics = Run(spec, tmp_path / "w", cache).execute()
+    assert abs(metrics["prune/ratio_achieved"] - 0.2) < 0.01
+    reloaded = Run(validate(_compose(_overrides(tmp_path / "w" / "model", text_file, tmp_path))),
+                   tmp_path / "w2", cache).execute()
+    assert reloaded["params/total"] == metrics["params/total"]
+    assert reloaded[f"ppl/{text_file}"] == metrics[f"ppl/{text_file}"]

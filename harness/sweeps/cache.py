@@ -79,6 +79,7 @@ class StageCache:
 
 def link_tree(src: Path, dst: Path) -> Path:
     """Expose a cached model directory at `dst` with hard links (a copy across filesystems)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
     try:
         for f in src.iterdir():

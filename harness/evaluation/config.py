@@ -1,0 +1,117 @@
+"""Typed configs of the evaluation: zero-shot accuracy (`ZeroShotConfig`) and speed (`SpeedConfig`).
+
+Plain dataclasses with defaults, so Hydra can register them as structured configs. Each has a
+`validate()` that raises `ValueError` with one clear line for a bad value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# The seven commonsense tasks whose mean is reported, and LAMBADA (reported separately).
+MEAN_TASKS = (
+    "boolq",
+    "piqa",
+    "hellaswag",
+    "winogrande",
+    "arc_easy",
+    "arc_challenge",
+    "openbookqa",
+)
+TASKS = (*MEAN_TASKS, "lambada_openai")
+
+# Which lm-eval metric each paper's table reports per task.
+CONVENTIONS: dict[str, dict[str, str]] = {
+    # Shortened LLaMA (Kim et al. 2024): acc_norm where lm-eval has it for the harder tasks.
+    "shortened_llama": {
+        "boolq": "acc",
+        "piqa": "acc",
+        "hellaswag": "acc_norm",
+        "winogrande": "acc",
+        "arc_easy": "acc",
+        "arc_challenge": "acc_norm",
+        "openbookqa": "acc_norm",
+    },
+    # LLM-Pruner (Ma et al. 2023): plain accuracy everywhere.
+    "llm_pruner": dict.fromkeys(MEAN_TASKS, "acc"),
+}
+SOURCES = ("local", "hub")
+SPEED_BACKENDS = ("hf", "static")
+
+
+@dataclass
+class ZeroShotConfig:
+    """Zero-shot accuracy with lm-eval.
+
+    `source="local"` reads the offline copies of the benchmarks (no network); `"hub"` runs
+    lm-eval's stock tasks as they are (downloads from the HF hub). `limit` caps the documents
+    per task (None = all); it is recorded in the results.
+    """
+
+    enabled: bool = False
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    convention: str = "shortened_llama"
+    limit: int | None = None
+    batch_size: int = 16
+    source: str = "local"
+    bootstrap_iters: int = 1000  # lm-eval stderr; only perplexity bootstraps, acc is closed-form
+
+    def validate(self) -> ZeroShotConfig:
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            raise ValueError(f"zeroshot.tasks: unknown {unknown}; choose from {list(TASKS)}")
+        if not self.tasks:
+            raise ValueError(f"zeroshot.tasks is empty; choose from {list(TASKS)}")
+        if self.convention not in CONVENTIONS:
+            raise ValueError(
+                f"zeroshot.convention={self.convention!r}; choose from {sorted(CONVENTIONS)}"
+            )
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit <= 0):
+            raise ValueError(f"zeroshot.limit={self.limit!r}; must be a positive int or None")
+        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise ValueError(f"zeroshot.batch_size={self.batch_size!r}; must be a positive int")
+        if self.source not in SOURCES:
+            raise ValueError(f"zeroshot.source={self.source!r}; choose from {list(SOURCES)}")
+        if not isinstance(self.bootstrap_iters, int) or self.bootstrap_iters < 0:
+            raise ValueError(f"zeroshot.bootstrap_iters={self.bootstrap_iters!r}; must be >= 0")
+        return self
+
+
+def _ints_at_least(name: str, values, low: int = 1) -> None:
+    ok = isinstance(values, list | tuple) and len(values) > 0
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in values)
+    if not ok:
+        raise ValueError(f"speed.{name}={values!r}; must be a non-empty list of ints >= {low}")
+
+
+@dataclass
+class SpeedConfig:
+    """Generation speed benchmark (see `harness.evaluation.speed`).
+
+    `backend="hf"`: plain `model.generate` with the dynamic KV cache (Shortened LLaMA protocol).
+    `backend="static"`: a greedy decode loop over a `StaticCache`, the one-token step compiled
+    with `torch.compile(mode="reduce-overhead")` (CUDA graphs) when `compile` is true.
+    Every run generates exactly `output_length` tokens (EOS disabled) after a random prompt of
+    `prompt_len` tokens; `warmup` untimed runs, then the median of `repeats` timed runs.
+    """
+
+    enabled: bool = False
+    backend: str = "hf"
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 16, 64, 128])
+    output_lengths: list[int] = field(default_factory=lambda: [128, 512])
+    prompt_len: int = 128
+    warmup: int = 2
+    repeats: int = 5
+    compile: bool = True
+    seed: int = 0
+
+    def validate(self) -> SpeedConfig:
+        if self.backend not in SPEED_BACKENDS:
+            raise ValueError(f"speed.backend={self.backend!r}; choose from {list(SPEED_BACKENDS)}")
+        _ints_at_least("batch_sizes", self.batch_sizes)
+        _ints_at_least("output_lengths", self.output_lengths, 2)  # decode time needs >= 2 tokens
+        _ints_at_least("prompt_len", [self.prompt_len])
+        _ints_at_least("repeats", [self.repeats])
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"speed.warmup={self.warmup!r}; must be an int >= 0")
+        return self

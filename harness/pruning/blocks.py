@@ -1,0 +1,226 @@
+"""Skipping and removing the decoder blocks of a Llama-family causal LM.
+
+`skip_blocks` / `skip_sublayer` take a block or sublayer out for the duration of a `with`;
+`remove_blocks` / `remove_sublayers` take them out for good. `count_block_forwards` counts
+decoder-layer calls, so the cost of a criterion can be measured.
+
+A removed sublayer is stood in for by a parameter-free module that adds zero to the residual
+(`SkippedAttention`, `SkippedMLP`), with its pre-norm replaced by `nn.Identity`; the removed
+indices live in `config.harness_skip_attn` / `config.harness_skip_mlp`. A stock HF class cannot
+rebuild that, so such checkpoints load through `load_depth_pruned` (a skeleton from
+`build_skeleton_from_config`, then a strict state-dict load). Block removal needs nothing of
+this: the result is a stock model with fewer layers.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+UNITS = ("block", "attn", "mlp")
+SKIP_KEYS = {"attn": "harness_skip_attn", "mlp": "harness_skip_mlp"}  # config keys, per unit
+_UNIT_ATTRS = {"attn": ("self_attn", "input_layernorm"), "mlp": ("mlp", "post_attention_layernorm")}
+
+
+class SkippedAttention(nn.Module):
+    """A removed self-attention: no parameters, no KV cache, adds nothing to the residual."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        return torch.zeros_like(hidden_states), None
+
+
+class SkippedMLP(nn.Module):
+    """A removed MLP: no parameters, adds nothing to the residual."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(hidden_states)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    return model.model.layers
+
+
+def has_sublayer(layer: nn.Module, unit: str) -> bool:
+    """Whether the block still has its `unit` ("attn"/"mlp"; "block" is always present)."""
+    if unit == "attn":
+        return not isinstance(layer.self_attn, SkippedAttention)
+    if unit == "mlp":
+        return not isinstance(layer.mlp, SkippedMLP)
+    return True
+
+
+def unit_modules(layer: nn.Module, unit: str) -> list[nn.Module]:
+    """The modules whose parameters a unit owns (a sublayer owns its pre-norm)."""
+    return [getattr(layer, name) for name in _UNIT_ATTRS[unit]] if unit != "block" else [layer]
+
+
+def replace_sublayer(layer: nn.Module, unit: str) -> None:
+    """Swap a block's attention or MLP (and its pre-norm) for parameter-free stand-ins."""
+    if unit == "attn":
+        layer.self_attn, layer.input_layernorm = SkippedAttention(), nn.Identity()
+    elif unit == "mlp":
+        layer.mlp, layer.post_attention_layernorm = SkippedMLP(), nn.Identity()
+    else:
+        raise ValueError(f"unit must be attn or mlp, got {unit!r}")
+
+
+def renumber_cache_indices(model: nn.Module) -> None:
+    """Give the remaining attention modules contiguous `layer_idx` (their KV-cache slots)."""
+    slot = 0
+    for layer in decoder_layers(model):
+        if not has_sublayer(layer, "attn"):
+            continue
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = slot
+        slot += 1
+
+
+@contextmanager
+def skip_blocks(model: nn.Module, indices):
+    """Temporarily drop blocks from the layer list (and from `config.layer_types`)."""
+    drop = set(indices)
+    base, cfg = model.model, model.config
+    old_layers, old_n = base.layers, cfg.num_hidden_layers
+    old_types = getattr(cfg, "layer_types", None)
+    keep = [i for i in range(len(old_layers)) if i not in drop]
+    base.layers = nn.ModuleList([old_layers[i] for i in keep])
+    cfg.num_hidden_layers = len(keep)
+    if old_types is not None:
+        cfg.layer_types = [old_types[i] for i in keep]
+    try:
+        yield
+    finally:
+        base.layers, cfg.num_hidden_layers = old_layers, old_n
+        if old_types is not None:
+            cfg.layer_types = old_types
+
+
+@contextmanager
+def skip_sublayer(layer: nn.Module, unit: str):
+    """Temporarily replace one block's attention or MLP by its zero stand-in."""
+    saved = {name: getattr(layer, name) for name in _UNIT_ATTRS[unit]}
+    replace_sublayer(layer, unit)
+    try:
+        yield
+    finally:
+        for name, module in saved.items():
+            setattr(layer, name, module)
+
+
+def remove_blocks(model, indices) -> nn.Module:
+    """Delete whole blocks in place; the result is a stock HF model with fewer layers."""
+    layers, cfg = decoder_layers(model), model.config
+    drop = set(indices)
+    if any(not 0 <= i < len(layers) for i in drop):
+        raise ValueError(f"block indices {sorted(drop)} out of range for {len(layers)} layers")
+    keep = [i for i in range(len(layers)) if i not in drop]
+    model.model.layers = nn.ModuleList([layers[i] for i in keep])
+    cfg.num_hidden_layers = len(keep)
+    if getattr(cfg, "layer_types", None) is not None:
+        cfg.layer_types = [cfg.layer_types[i] for i in keep]
+    for key in SKIP_KEYS.values():
+        if getattr(cfg, key, None):
+            setattr(cfg, key, [keep.index(i) for i in getattr(cfg, key) if i in keep])
+    renumber_cache_indices(model)
+    return model
+
+
+def remove_sublayers(model, indices, unit: str) -> nn.Module:
+    """Remove the attention or MLP (with its pre-norm) of blocks, recording it in the config."""
+    if unit not in SKIP_KEYS:
+        raise ValueError(f"unit must be one of {list(SKIP_KEYS)}, got {unit!r}")
+    key = SKIP_KEYS[unit]
+    setattr(model.config, key, sorted(set(getattr(model.config, key, None) or []) | set(indices)))
+    return apply_sublayer_skips(model)
+
+
+def apply_sublayer_skips(model) -> nn.Module:
+    """Make the modules match `config.harness_skip_attn/mlp` (idempotent), renumber KV slots."""
+    layers = decoder_layers(model)
+    for unit, key in SKIP_KEYS.items():
+        for i in getattr(model.config, key, None) or []:
+            if has_sublayer(layers[i], unit):
+                replace_sublayer(layers[i], unit)
+    renumber_cache_indices(model)
+    return model
+
+
+def build_skeleton_from_config(config, dtype: torch.dtype | None = None) -> nn.Module:
+    """An uninitialised model for `config` with its skipped sublayers already removed, so a
+    sublayer-pruned checkpoint loads into it with no missing or unexpected keys."""
+    from transformers import AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()  # no_init_weights also skips the tying that init_weights does
+    return apply_sublayer_skips(model)
+
+
+def load_depth_pruned(
+    path, dtype: torch.dtype | None = None, attn_implementation: str | None = None
+):
+    """Load a checkpoint saved after `remove_sublayers` (plain ones load too), strictly.
+
+    Every tensor in the safetensors files must fill a parameter and every parameter must be
+    filled (tied ones through their partner). `dtype=None` means torch's default dtype."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, GenerationConfig
+
+    path = Path(path)
+    config = AutoConfig.from_pretrained(path)
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    model = build_skeleton_from_config(config, dtype=dtype)
+    state = {}
+    for file in sorted(path.glob("*.safetensors")):
+        state.update(load_file(file))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    shared = {id(p) for n, p in model.named_parameters(remove_duplicate=False) if n in state}
+    params = dict(model.named_parameters(remove_duplicate=False))
+    missing = [k for k in missing if not (k in params and id(params[k]) in shared)]
+    if missing or unexpected:
+        raise RuntimeError(f"{path}: missing keys {missing}, unexpected keys {unexpected}")
+    if (path / "generation_config.json").exists():
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    return model.eval()
+
+
+@dataclass
+class ForwardCounter:
+    """Number of decoder-block forwards seen while the `count_block_forwards` context is open."""
+
+    count: int = 0
+
+
+@contextmanager
+def count_block_forwards(model: nn.Module):
+    """Count every decoder-layer call (including partial ones with a sublayer skipped)."""
+    counter = ForwardCounter()
+    layers = list(decoder_layers(model))
+
+    def hook(_module, _args):
+        counter.count += 1
+
+    handles = [layer.register_forward_pre_hook(hook) for layer in layers]
+    try:
+        yield counter
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def final_hidden(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The last block's output (before the final norm) from a full forward without cache."""
+    out = []
+    handle = decoder_layers(model)[-1].register_forward_hook(lambda _m, _a, o: out.append(o))
+    try:
+        model.model(input_ids=ids.to(model.device), use_cache=False)
+    finally:
+        handle.remove()
+    return out[0]

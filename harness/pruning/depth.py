@@ -1,0 +1,273 @@
+"""Depth pruning: remove whole decoder blocks (or only their attention / MLP sublayers).
+
+`prune_depth(model, cfg, calib)` scores the unprotected blocks with one criterion
+(`depth_scores`), picks the least important ones and removes them in place; the returned plan
+says what went and why. Scoring (`score_blocks`) is separate from selection (`select_blocks`)
+so that a sweep can score once and cut at several sizes.
+
+Checkpoints: removing blocks gives a stock HF model (fewer layers, renumbered KV-cache slots,
+`num_hidden_layers`/`layer_types` updated) that `AutoModelForCausalLM.from_pretrained` loads
+as is. Removing sublayers cannot be said in a stock config: the indices are recorded as
+`config.harness_skip_attn` / `config.harness_skip_mlp` and such a checkpoint must be loaded
+with `load_depth_pruned(dir)` (skeleton from `build_skeleton_from_config`, strict load).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from harness.models.params import count_params
+from harness.pruning.blocks import (  # noqa: F401 - removal and loading re-exported here
+    SKIP_KEYS,
+    UNITS,
+    apply_sublayer_skips,
+    build_skeleton_from_config,
+    decoder_layers,
+    load_depth_pruned,
+    remove_blocks,
+    remove_sublayers,
+)
+from harness.pruning.depth_scores import BLOCK_ONLY, CRITERIA, candidates, score
+
+
+@dataclass
+class DepthPruneConfig:
+    """`prune=depth`. Set exactly one of ratio (of TOTAL params), num_blocks, blocks.
+
+    `unit` attn/mlp removes only that sublayer of the chosen blocks (counts are then
+    sublayers). `protect_first`/`protect_last` blocks are never removed (0 switches off).
+    """
+
+    name: str = "depth"
+    criterion: str = "ppl"
+    ratio: float | None = None
+    num_blocks: int | None = None
+    blocks: list[int] | None = None
+    protect_first: int = 4
+    protect_last: int = 2
+    iterative: bool = False
+    unit: str = "block"
+    seed: int = 0
+
+    def max_removable(self, hf_config) -> int:
+        return max(0, hf_config.num_hidden_layers - self.protect_first - self.protect_last)
+
+    def blocks_for_ratio(self, hf_config) -> int:
+        """Number of units whose removal comes closest to `ratio` of the total params."""
+        unit, total = unit_params(hf_config, self.unit), total_params(hf_config)
+        return math.floor((self.ratio or 0.0) * total / unit + 0.5)
+
+    def num_to_remove(self, hf_config) -> int:
+        if self.blocks is not None:
+            return len(set(self.blocks))
+        if self.num_blocks is not None:
+            return self.num_blocks
+        return self.blocks_for_ratio(hf_config)
+
+    def validate(self, hf_config) -> None:
+        """Raise ValueError (one line) for anything that cannot work on this model config."""
+        chosen = [k for k in ("ratio", "num_blocks", "blocks") if getattr(self, k) is not None]
+        layers, most = hf_config.num_hidden_layers, self.max_removable(hf_config)
+        lo, hi = self.protect_first, layers - self.protect_last
+        span = f"{layers} layers, protect_first={lo}, protect_last={self.protect_last}"
+        types = set(getattr(hf_config, "layer_types", None) or [])
+        checks = [
+            (
+                self.criterion not in CRITERIA,
+                f"unknown depth criterion {self.criterion!r}; choose from {', '.join(CRITERIA)}",
+            ),
+            (
+                self.unit not in UNITS,
+                f"unknown depth unit {self.unit!r}; choose from {', '.join(UNITS)}",
+            ),
+            (
+                self.criterion in BLOCK_ONLY and self.unit != "block",
+                f"criterion {self.criterion!r} supports unit 'block' only, got {self.unit!r}",
+            ),
+            (
+                self.criterion == "angular" and self.iterative,
+                "criterion 'angular' removes one contiguous window; iterative is not supported",
+            ),
+            (
+                len(chosen) != 1,
+                f"set exactly one of prune.ratio, prune.num_blocks, prune.blocks (got {chosen})",
+            ),
+            (
+                self.protect_first < 0 or self.protect_last < 0,
+                "prune.protect_first and prune.protect_last must be >= 0",
+            ),
+            (
+                self.unit == "attn" and len(types) > 1,
+                f"unit 'attn' needs a single attention type, this model mixes {sorted(types)}",
+            ),
+            (
+                self.ratio is not None and not 0.0 <= self.ratio < 1.0,
+                f"prune.ratio must be in [0, 1), got {self.ratio}",
+            ),
+            (
+                self.num_blocks is not None and not 0 <= self.num_blocks <= most,
+                f"prune.num_blocks={self.num_blocks} must be in [0, {most}] ({span})",
+            ),
+            (
+                self.blocks is not None and any(not lo <= b < hi for b in self.blocks),
+                f"prune.blocks {self.blocks} has out-of-range or protected indices; "
+                f"allowed {lo}..{hi - 1} ({span})",
+            ),
+        ]
+        for failed, message in checks:
+            if failed:
+                raise ValueError(message)
+        if self.ratio is not None and (need := self.blocks_for_ratio(hf_config)) > most:
+            reach = most * unit_params(hf_config, self.unit) / total_params(hf_config)
+            raise ValueError(
+                f"prune.ratio={self.ratio} needs {need} {self.unit}s but at most {most} can go "
+                f"({span}); the maximum reachable ratio is {reach:.4f}"
+            )
+
+
+def _head_dim(c) -> int:
+    return getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+
+
+def unit_params(hf_config, unit: str = "block") -> int:
+    """Parameters of one block, or of one attention / MLP sublayer with its pre-norm."""
+    c, d = hf_config, hf_config.hidden_size
+    q, kv = c.num_attention_heads * _head_dim(c), c.num_key_value_heads * _head_dim(c)
+    attn = 2 * d * q + 2 * d * kv + d  # q, o, k, v, input_layernorm
+    if c.model_type == "qwen2":
+        attn += q + 2 * kv  # q/k/v biases
+    elif getattr(c, "attention_bias", False):
+        attn += q + 2 * kv + d
+    mlp = 3 * d * c.intermediate_size + d  # gate, up, down, post_attention_layernorm
+    if getattr(c, "mlp_bias", False):
+        mlp += 2 * c.intermediate_size + d
+    return {"block": attn + mlp, "attn": attn, "mlp": mlp}[unit]
+
+
+def total_params(hf_config) -> int:
+    """All parameters (tied embeddings once), sublayers already skipped left out."""
+    c = hf_config
+    emb = c.vocab_size * c.hidden_size * (1 if c.tie_word_embeddings else 2)
+    total = c.num_hidden_layers * unit_params(c) + emb + c.hidden_size
+    for unit, key in SKIP_KEYS.items():
+        total -= len(getattr(c, key, None) or []) * unit_params(c, unit)
+    return total
+
+
+def score_blocks(model, cfg: DepthPruneConfig, calib: torch.Tensor, num_remove: int | None = None):
+    """{block index: importance} for every candidate of the model as it is now.
+
+    Angular scores depend on the window size: `num_remove`, by default derived from `cfg`."""
+    n = num_remove if num_remove is not None else cfg.num_to_remove(model.config)
+    cands = candidates(model, cfg.unit, cfg.protect_first, cfg.protect_last)
+    return score(model, cfg.criterion, calib, cands, cfg.unit, n=max(n, 1), seed=cfg.seed)
+
+
+def select_blocks(
+    scores: dict[int, float], n: int, cfg: DepthPruneConfig, num_layers: int
+) -> list[int]:
+    """The `n` least important unprotected blocks (ties: lower index). Angular: the window
+    start with the smallest distance (its scores must have been computed for this `n`)."""
+    if n == 0:
+        return []
+    hi = num_layers - cfg.protect_last
+    pool = {i: s for i, s in scores.items() if cfg.protect_first <= i < hi}
+    if cfg.criterion == "angular":
+        starts = [i for i in pool if i + n <= hi]
+        if not starts:
+            raise ValueError(f"no window of {n} unprotected blocks to remove")
+        best = min(starts, key=lambda i: (pool[i], i))
+        return list(range(best, best + n))
+    if len(pool) < n:
+        raise ValueError(f"asked to remove {n} blocks but only {len(pool)} candidates were scored")
+    return sorted(sorted(pool, key=lambda i: (pool[i], i))[:n])
+
+
+def _remove(model, indices, unit: str) -> None:
+    if unit == "block":
+        remove_blocks(model, indices)
+    else:
+        remove_sublayers(model, indices, unit)
+
+
+def _iterate(model, cfg: DepthPruneConfig, calib, n: int):
+    """Remove one unit at a time, re-scoring the reduced model; returns (removed, rounds)."""
+    alive = list(range(len(decoder_layers(model))))  # current index -> dense index
+    removed, rounds = [], []
+    for _ in range(n):
+        scores = score_blocks(model, cfg, calib, num_remove=1)
+        (pick,) = select_blocks(scores, 1, cfg, len(alive))
+        rounds.append({"scores": {alive[i]: s for i, s in scores.items()}, "removed": alive[pick]})
+        removed.append(alive[pick])
+        _remove(model, [pick], cfg.unit)
+        if cfg.unit == "block":
+            del alive[pick]
+    return sorted(removed), rounds
+
+
+def prune_depth(model, cfg: DepthPruneConfig, calib_ids: torch.Tensor, scores=None) -> dict:
+    """Score, select and remove in place; returns the JSON-serialisable plan.
+
+    `scores` (from `score_blocks` on this same model and config) skips scoring, so a sweep can
+    reuse them across sizes; it is ignored with `iterative` or explicit `blocks`."""
+    cfg.validate(model.config)
+    n = cfg.num_to_remove(model.config)
+    num_layers, before = len(decoder_layers(model)), count_params(model)
+    criterion, rounds = cfg.criterion, None
+    if cfg.blocks is not None:
+        criterion, scores, removed = "explicit", {}, sorted(set(cfg.blocks))
+    elif n == 0:
+        scores, removed = {}, []
+    elif cfg.iterative:
+        removed, rounds = _iterate(model, cfg, calib_ids, n)
+        scores = rounds[0]["scores"]
+    else:
+        if scores is None:
+            scores = score_blocks(model, cfg, calib_ids, num_remove=n)
+        removed = select_blocks(scores, n, cfg, num_layers)
+    if removed and not cfg.iterative:
+        _remove(model, removed, cfg.unit)
+    after = count_params(model)
+    plan = {
+        "method": "depth",
+        "criterion": criterion,
+        "unit": cfg.unit,
+        "scores": {int(i): float(s) for i, s in scores.items()},
+        "removed": [int(i) for i in removed],
+        "num_removed": len(removed),
+        "num_layers_before": num_layers,
+        "num_layers_after": len(decoder_layers(model)),
+        "protect_first": cfg.protect_first,
+        "protect_last": cfg.protect_last,
+        "iterative": cfg.iterative,
+        "seed": cfg.seed,
+        "params_before": before,
+        "params_after": after,
+        "ratio_requested": cfg.ratio,
+        "ratio_achieved": (before["total"] - after["total"]) / before["total"],
+        "calibration": {"num_samples": int(calib_ids.shape[0]), "seq_len": int(calib_ids.shape[1])},
+    }
+    if rounds is not None:
+        plan["rounds"] = rounds
+    return plan
+
+
+def save_plan(plan: dict, model_dir) -> Path:
+    """Write `prune_plan.json` into `model_dir` atomically (temp file there, then os.replace)."""
+    out = Path(model_dir) / "prune_plan.json"
+    fd, tmp = tempfile.mkstemp(prefix=".prune_plan-", suffix=".json", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(plan, f, indent=2)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return out

@@ -1,0 +1,268 @@
+"""Width pruning: remove attention heads / KV groups and MLP channels, physically and in place.
+
+`prune_width(model, cfg, calib_ids)` = `score_groups` (cacheable importance, see width_scores)
++ `select_kept` (counts from ratio.solve_counts, then ranking per layer or across layers)
++ `apply_width` (slice q/k/v rows, o columns, gate/up rows, down columns; FLAP bias fold-in)
++ `record_layer_shapes` (so the saved checkpoint reloads). A sweep can call `score_groups`
+once and pass the result as `scores=` for several ratios (on fresh copies of the model).
+
+Scope `global` ranks attention units across pruned layers and MLP channels across pruned layers
+(counts from the same unit ratio); with `flap` it is FLAP's joint search over per-layer
+standardised scores of both kinds, stopped where removed params best match the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from harness.models.params import count_params
+from harness.models.uneven import record_layer_shapes
+from harness.pruning import ratio as R
+from harness.pruning.width_scores import CRITERIA, REDUCTIONS, WidthScores, score_groups
+
+ATTN_UNITS = ("q_head", "kv_group")
+SCOPES = ("uniform", "global")
+
+
+@dataclass
+class WidthPruneConfig:
+    """Width pruning settings; exactly one of `ratio` (of total params) or `unit_ratio`."""
+
+    name: str = "width"
+    criterion: str = "taylor"
+    reduction: str = "sum"
+    attn_unit: str = "q_head"
+    scope: str = "uniform"
+    layer_start: int = 4
+    layer_end: int = -2
+    ratio: float | None = None
+    unit_ratio: float | None = None
+    prune_attn: bool = True
+    prune_mlp: bool = True
+    align: int = 1
+    seed: int = 0
+    flap_bias_compensation: bool = True
+
+    def validate(self, hf_config) -> None:
+        """Check settings against a model config (no weights); one-line ValueError if bad."""
+        self._check_choices()
+        geo = R.Geometry.from_config(hf_config, self.attn_unit)
+        self._check_model(geo)
+
+    def _check_choices(self) -> None:
+        for key, choices in (
+            ("criterion", CRITERIA), ("reduction", REDUCTIONS),
+            ("attn_unit", ATTN_UNITS), ("scope", SCOPES),
+        ):  # fmt: skip
+            if getattr(self, key) not in choices:
+                raise ValueError(
+                    f"width.{key}={getattr(self, key)!r} is unknown; choose from {', '.join(choices)}"
+                )
+        if (self.ratio is None) == (self.unit_ratio is None):
+            raise ValueError(
+                "width pruning needs exactly one of ratio (of total params) or unit_ratio"
+            )
+        for key in ("ratio", "unit_ratio"):
+            v = getattr(self, key)
+            if v is not None and not 0 <= v < 1:
+                raise ValueError(f"width.{key}={v} must be in [0, 1)")
+        if not isinstance(self.align, int) or self.align < 1:
+            raise ValueError(
+                f"width.align={self.align!r} must be a positive integer (1, 8, 64, 128)"
+            )
+        if not (self.prune_attn or self.prune_mlp):
+            raise ValueError("width pruning needs prune_attn or prune_mlp (both are false)")
+
+    def _check_model(self, geo: R.Geometry) -> list[int]:
+        layers = R.resolve_layers(self.layer_start, self.layer_end, geo.n_layers)
+        if self.prune_mlp and geo.inter % self.align:
+            raise ValueError(f"width.align={self.align} does not divide the MLP size {geo.inter}")
+        R.solve_counts(geo, self, len(layers))
+        return layers
+
+
+def _rows(units: list[int], size: int) -> torch.Tensor:
+    return (torch.tensor(units).unsqueeze(1) * size + torch.arange(size)).reshape(-1)
+
+
+def select_kept(
+    geo: R.Geometry, cfg: WidthPruneConfig, scores: WidthScores, counts: R.Counts
+) -> dict:
+    """{layer: {kept_q_heads, kept_kv_heads, kept_mlp_channels}} for every layer (dense ids)."""
+    layers, p = scores.layers, len(scores.layers)
+    orders = {i: R.unit_order(geo, scores.attn[i]) for i in layers if cfg.prune_attn}
+    mlp_sorted = {
+        i: torch.sort(scores.mlp[i].double(), stable=True) for i in layers if cfg.prune_mlp
+    }
+    a_cap, c_cap = geo.n_units - 1, geo.inter - cfg.align
+    n_attn = dict.fromkeys(layers, 0)
+    n_drop = dict.fromkeys(layers, 0)
+    if cfg.scope == "uniform":
+        n_attn = dict.fromkeys(layers, counts.attn_removed // p)
+        n_drop = dict.fromkeys(layers, geo.inter - counts.mlp_kept // p)
+    elif cfg.criterion == "flap":
+        # the first removal of a kind in a layer adds a compensation bias when the layer has none
+        comp = cfg.flap_bias_compensation
+        a_bias, m_bias = (
+            comp * (not geo.o_bias) * geo.hidden,
+            comp * (not geo.down_bias) * geo.hidden,
+        )
+        cands = []
+        for i in layers:
+            if cfg.prune_attn:
+                mu, sd = scores.attn_stats[i]
+                for k, v in enumerate(orders[i][0][:a_cap]):
+                    cands.append(((v - mu) / sd, i, k, "attn", geo.unit_params - (k == 0) * a_bias))
+            if cfg.prune_mlp:
+                mu, sd = scores.mlp_stats[i]
+                for k, v in enumerate(mlp_sorted[i].values[:c_cap].tolist()):
+                    cands.append(
+                        ((v - mu) / sd, i, k, "mlp", geo.channel_params - (k == 0) * m_bias)
+                    )
+        target = counts.est_removed if cfg.ratio is None else cfg.ratio * geo.total
+        attn, mlp = R.take_joint(cands, target)
+        n_attn.update(attn)
+        n_drop.update(mlp)
+    else:
+        if cfg.prune_attn:
+            cands = [(v, i, k) for i in layers for k, v in enumerate(orders[i][0][:a_cap])]
+            n_attn.update(R.take_lowest(cands, counts.attn_removed))
+        if cfg.prune_mlp:
+            cands = [
+                (v, i, k)
+                for i in layers
+                for k, v in enumerate(mlp_sorted[i].values[:c_cap].tolist())
+            ]
+            n_drop.update(R.take_lowest(cands, p * geo.inter - counts.mlp_kept))
+    if cfg.prune_mlp and cfg.align > 1 and cfg.scope == "global":
+        kept = {i: geo.inter - n_drop[i] for i in layers}
+        total = R._round(sum(kept.values()) / cfg.align) * cfg.align
+        n_drop = {i: geo.inter - k for i, k in R.largest_remainder(kept, cfg.align, total).items()}
+    plan = {}
+    for i in range(geo.n_layers):
+        q, kv, ch = set(range(geo.n_q)), list(range(geo.n_kv)), list(range(geo.inter))
+        if i in n_attn and n_attn[i]:
+            removed = orders[i][1][: n_attn[i]]
+            if geo.unit == "kv_group":
+                kv = sorted(set(kv) - set(removed))
+                q = {h for g in kv for h in range(g * geo.group, (g + 1) * geo.group)}
+            else:
+                q -= {h for slot in removed for h in slot}
+        if i in n_drop and n_drop[i]:
+            ch = sorted(mlp_sorted[i].indices[n_drop[i] :].tolist())
+        plan[i] = {"kept_q_heads": sorted(q), "kept_kv_heads": kv, "kept_mlp_channels": ch}
+    return plan
+
+
+def _slice_linear(lin: nn.Linear, rows=None, cols=None, extra_bias=None) -> nn.Linear:
+    w = lin.weight.detach()
+    w = w[rows] if rows is not None else w
+    w = w[:, cols] if cols is not None else w
+    b = lin.bias.detach() if lin.bias is not None else None
+    b = b[rows] if b is not None and rows is not None else b
+    if extra_bias is not None:
+        b = extra_bias.to(w.dtype) + (b if b is not None else 0)
+    new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        new.weight.copy_(w)
+        if b is not None:
+            new.bias.copy_(b)
+    return new
+
+
+def _compensation(lin: nn.Linear, kept: torch.Tensor, mean_inp: torch.Tensor | None):
+    """FLAP: removed input channels' calibration mean times their weight columns -> bias."""
+    if mean_inp is None:
+        return None
+    drop = torch.ones(lin.in_features, dtype=torch.bool)
+    drop[kept] = False
+    w = lin.weight.detach().float()[:, drop.to(lin.weight.device)]
+    return w @ mean_inp.to(w.device).float()[drop.to(w.device)]
+
+
+def apply_width(
+    model, plan: dict, scores: WidthScores | None = None, compensate: bool = False
+) -> None:
+    """Slice every layer to the kept heads/channels of `plan`, in place."""
+    for i, k in plan.items():
+        layer = model.model.layers[i]
+        a, m = layer.self_attn, layer.mlp
+        hd = a.head_dim
+        if len(k["kept_q_heads"]) * hd < a.q_proj.out_features:
+            q, kv = _rows(k["kept_q_heads"], hd), _rows(k["kept_kv_heads"], hd)
+            comp = _compensation(a.o_proj, q, scores.attn_mean_inp.get(i)) if compensate else None
+            a.q_proj = _slice_linear(a.q_proj, rows=q)
+            a.k_proj = _slice_linear(a.k_proj, rows=kv)
+            a.v_proj = _slice_linear(a.v_proj, rows=kv)
+            a.o_proj = _slice_linear(a.o_proj, cols=q, extra_bias=comp)
+            a.num_key_value_groups = len(k["kept_q_heads"]) // len(k["kept_kv_heads"])
+        if len(k["kept_mlp_channels"]) < m.gate_proj.out_features:
+            ch = torch.tensor(k["kept_mlp_channels"])
+            comp = (
+                _compensation(m.down_proj, ch, scores.mlp_mean_inp.get(i)) if compensate else None
+            )
+            m.gate_proj = _slice_linear(m.gate_proj, rows=ch)
+            m.up_proj = _slice_linear(m.up_proj, rows=ch)
+            m.down_proj = _slice_linear(m.down_proj, cols=ch, extra_bias=comp)
+            m.intermediate_size = len(ch)
+
+
+def prune_width(
+    model, cfg: WidthPruneConfig, calib_ids=None, scores: WidthScores | None = None
+) -> dict:
+    """Width-prune `model` in place; returns the JSON-serialisable plan."""
+    cfg._check_choices()
+    geo = R.Geometry.from_model(model, cfg.attn_unit)
+    layers = cfg._check_model(geo)
+    counts = R.solve_counts(geo, cfg, len(layers))
+    before = count_params(model)
+    noop = counts.attn_removed == 0 and counts.mlp_kept == len(layers) * geo.inter
+    if scores is None and not noop:
+        scores = score_groups(model, cfg, calib_ids)
+    if scores is not None:
+        want = (cfg.criterion, cfg.reduction, geo.unit, layers)
+        have = (scores.criterion, scores.reduction, scores.attn_unit, scores.layers)
+        if want != have:
+            raise ValueError(f"scores were computed for {have}, this config needs {want}")
+    if noop:
+        full = {"kept_q_heads": list(range(geo.n_q)), "kept_kv_heads": list(range(geo.n_kv))}
+        plan_layers = {
+            i: {**full, "kept_mlp_channels": list(range(geo.inter))} for i in range(geo.n_layers)
+        }
+    else:
+        plan_layers = select_kept(geo, cfg, scores, counts)
+        compensate = cfg.criterion == "flap" and cfg.flap_bias_compensation
+        apply_width(model, plan_layers, scores, compensate)
+    record_layer_shapes(model)
+    after = count_params(model)
+    pruned = [plan_layers[i] for i in layers]
+    units = sum(geo.n_units - _units_left(geo, k) for k in pruned)
+    dropped = sum(geo.inter - len(k["kept_mlp_channels"]) for k in pruned)
+    return {
+        "method": "width",
+        "criterion": cfg.criterion,
+        "reduction": cfg.reduction,
+        "attn_unit": cfg.attn_unit,
+        "scope": cfg.scope,
+        "layer_range": [layers[0], layers[-1] + 1],
+        "layers": plan_layers,
+        "params_before": before,
+        "params_after": after,
+        "ratio_requested": cfg.ratio,
+        "unit_ratio": cfg.unit_ratio if cfg.unit_ratio is not None else counts.unit_ratio,
+        "unit_ratio_achieved": {
+            "attn": units / (geo.n_units * len(layers)),
+            "mlp": dropped / (geo.inter * len(layers)),
+        },
+        "ratio_achieved": (before["total"] - after["total"]) / before["total"],
+        "calibration": dict(scores.calibration) if scores is not None else {},
+    }
+
+
+def _units_left(geo: R.Geometry, kept: dict) -> int:
+    if geo.unit == "kv_group":
+        return len(kept["kept_kv_heads"])
+    return len(kept["kept_q_heads"]) // geo.n_kv

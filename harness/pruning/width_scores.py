@@ -1,0 +1,243 @@
+"""Importance of width-pruning groups: attention units and MLP channels, per pruned layer.
+
+A group's *members* are the tensor slices removed with it: for a query head its q rows (+bias)
+and o_proj columns; for a KV group also its k/v rows (+biases); for an MLP channel its gate/up
+rows (+biases) and down_proj column. As in LLM-Pruner, each member gets a score (the sum of
+its per-weight scores over the slice) and `reduction` (sum/mean/max/prod) combines the members.
+Because the per-member score is a plain sum, every criterion streams exactly: gradients are
+reduced per member in a post-accumulate-grad hook and freed at once (peak ~ weights + one
+layer's gradients). Attention scores are stored per query head (q_head) or per KV group.
+
+Criteria (w weight, g gradient of the mean LM loss over the whole calibration batch,
+F = mean over samples of per-sample g_i^2, i.e. LLM-Pruner's `acc_grad`, batch of 1):
+  random; l1 |w|; l2 w^2 (LLM-Pruner's MagnitudeImportance p=2); taylor |w g| (param_first);
+  taylor2 w^2 F (param_second, streamed per sample as (w g_i)^2 / n); vector |sum w g| per row
+  or column (LLM-Pruner's `vectorize`); param_mix |w g - 0.5 w^2 F| (needs F per weight before
+  g arrives, so it alone keeps one fp32 buffer per scored weight between its two passes);
+  wanda_sp mean_rows |W| * ||x_col|| on o_proj/down_proj (FLAP's structured Wanda);
+  flap: Var(x_col) * ||W_col||^2 (FLAP's WIFV; squared again for attention, as FLAP does),
+  with the exact token variance over all calibration tokens (FLAP's incremental formula
+  drops the first sample's spread) and per-layer mean/std kept for its standardised search.
+Activation statistics come from the dense model (one pass), so scores are computed once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from harness.pruning.ratio import effective_unit, resolve_layers
+
+CRITERIA = ("random", "l1", "l2", "taylor", "taylor2", "vector", "param_mix", "wanda_sp", "flap")
+REDUCTIONS = ("sum", "mean", "max", "prod")
+GRAD_CRITERIA = ("taylor", "taylor2", "vector", "param_mix")
+ACT_CRITERIA = ("wanda_sp", "flap")
+
+
+@dataclass
+class WidthScores:
+    """Scores per pruned layer: `attn[l]` per query head or KV group, `mlp[l]` per channel."""
+
+    criterion: str
+    reduction: str
+    attn_unit: str  # effective unit the attention scores are per (q_head: per head)
+    layers: list[int]
+    attn: dict[int, torch.Tensor] = field(default_factory=dict)
+    mlp: dict[int, torch.Tensor] = field(default_factory=dict)
+    attn_stats: dict[int, tuple[float, float]] = field(default_factory=dict)  # flap mean, std
+    mlp_stats: dict[int, tuple[float, float]] = field(default_factory=dict)
+    attn_mean_inp: dict[int, torch.Tensor] = field(default_factory=dict)  # o_proj input mean
+    mlp_mean_inp: dict[int, torch.Tensor] = field(default_factory=dict)  # down_proj input mean
+    calibration: dict = field(default_factory=dict)
+
+
+def _members(layer, kind: str, unit: str) -> tuple[int, list[tuple[torch.Tensor, int]]]:
+    """(units, [(param, axis)]): axis 0 = units along rows (or a bias), 1 = along columns."""
+    if kind == "attn":
+        a = layer.self_attn
+        hd = a.head_dim
+        kv = unit == "kv_group"
+        n = (a.k_proj.out_features if kv else a.q_proj.out_features) // hd
+        mods = [a.q_proj] + ([a.k_proj, a.v_proj] if kv else []) + [a.o_proj]
+    else:
+        m = layer.mlp
+        n, mods = m.gate_proj.out_features, [m.gate_proj, m.up_proj, m.down_proj]
+    out = []
+    for i, mod in enumerate(mods):
+        axis = int(i == len(mods) - 1)
+        out.append((mod.weight, axis))
+        if axis == 0 and mod.bias is not None:
+            out.append((mod.bias, 0))
+    return n, out
+
+
+def _per_unit(t: torch.Tensor, axis: int, n: int, vector: bool = False) -> torch.Tensor:
+    """Sum a per-weight score over each unit's slice (|row or column sum| first if `vector`)."""
+    if t.dim() == 2:
+        t = t.sum(dim=1 - axis)
+    if vector:
+        t = t.abs()
+    return t.reshape(n, -1).sum(1).double()
+
+
+def _reduce(member_scores: list[torch.Tensor], how: str) -> torch.Tensor:
+    s = torch.stack(member_scores)
+    if how == "sum":
+        return s.sum(0)
+    if how == "mean":
+        return s.mean(0)
+    if how == "max":
+        return s.max(0).values
+    return s.prod(0)
+
+
+def score_groups(model, cfg, calib_ids: torch.Tensor | None = None) -> WidthScores:
+    """Importance of every attention unit and MLP channel in the layers `cfg` prunes."""
+    layers_all = model.model.layers
+    layers = resolve_layers(cfg.layer_start, cfg.layer_end, len(layers_all))
+    a0 = layers_all[0].self_attn
+    unit = effective_unit(
+        cfg.attn_unit, a0.q_proj.out_features // a0.head_dim, a0.k_proj.out_features // a0.head_dim
+    )
+    kinds = [k for k, on in (("attn", cfg.prune_attn), ("mlp", cfg.prune_mlp)) if on]
+    out = WidthScores(cfg.criterion, cfg.reduction, unit, layers)
+    if cfg.criterion in GRAD_CRITERIA + ACT_CRITERIA:
+        if calib_ids is None or calib_ids.dim() != 2:
+            raise ValueError(
+                f"criterion {cfg.criterion!r} needs calib_ids as a [samples, seq] tensor"
+            )
+        calib_ids = calib_ids.to(model.get_input_embeddings().weight.device)
+        out.calibration = {"num_samples": calib_ids.shape[0], "seq_len": calib_ids.shape[1]}
+    if cfg.criterion == "random":
+        gen = torch.Generator().manual_seed(cfg.seed)
+        for i in layers:
+            for kind in kinds:
+                n, _ = _members(layers_all[i], kind, unit)
+                getattr(out, kind)[i] = torch.rand(n, generator=gen, dtype=torch.float64)
+        return out
+    if cfg.criterion in ACT_CRITERIA:
+        _activation_scores(model, layers, kinds, unit, cfg, calib_ids, out)
+        return out
+    slots = {(i, kind): _members(layers_all[i], kind, unit) for i in layers for kind in kinds}
+    if cfg.criterion in ("l1", "l2"):
+        f = torch.abs if cfg.criterion == "l1" else torch.square
+        with torch.no_grad():
+            member = {
+                (key, j): _per_unit(f(p.detach().float()), axis, n)
+                for key, (n, ms) in slots.items()
+                for j, (p, axis) in enumerate(ms)
+            }
+    else:
+        member = _grad_scores(model, slots, cfg.criterion, calib_ids, out.calibration)
+    for key, (_, ms) in slots.items():
+        scores = [member[(key, j)] for j in range(len(ms))]
+        getattr(out, key[1])[key[0]] = _reduce(scores, cfg.reduction)
+    return out
+
+
+def _grad_scores(model, slots, criterion, ids, calib_info) -> dict:
+    """Per-member unit scores from gradients, streamed: each hook reduces, then frees p.grad."""
+    info = {}
+    for key, (n, ms) in slots.items():
+        for j, (p, axis) in enumerate(ms):
+            info[id(p)] = ((key, j), axis, n)
+    member = {slot: 0.0 for slot, _, _ in info.values()}
+    fisher: dict = {}
+    state = {"mode": "first", "scale": 1.0}
+
+    def hook(p: torch.Tensor) -> None:
+        slot, axis, n = info[id(p)]
+        g, w = p.grad.float(), p.detach().float()
+        mode = state["mode"]
+        if mode == "fisher":
+            prev = fisher.get(slot)
+            fisher[slot] = g.square() * state["scale"] + (0 if prev is None else prev)
+        elif mode == "second":
+            member[slot] = member[slot] + _per_unit((w * g).square(), axis, n) * state["scale"]
+        elif mode == "mix":
+            s = (w * g - 0.5 * w.square() * fisher.pop(slot)).abs()
+            member[slot] = member[slot] + _per_unit(s, axis, n)
+        else:
+            wg = w * g
+            member[slot] = member[slot] + _per_unit(
+                wg.abs() if mode == "first" else wg, axis, n, mode == "vector"
+            )
+        p.grad = None
+
+    flags = {p: p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in info)
+    handles = [
+        p.register_post_accumulate_grad_hook(hook) for p in model.parameters() if id(p) in info
+    ]
+    losses = []
+    try:
+        with torch.enable_grad():
+            if criterion in ("taylor2", "param_mix"):
+                state.update(
+                    mode="second" if criterion == "taylor2" else "fisher", scale=1 / len(ids)
+                )
+                for i in range(len(ids)):
+                    model(ids[i : i + 1], labels=ids[i : i + 1], use_cache=False).loss.backward()
+            if criterion != "taylor2":
+                state["mode"] = {"taylor": "first", "vector": "vector", "param_mix": "mix"}[
+                    criterion
+                ]
+                loss = model(ids, labels=ids, use_cache=False).loss
+                losses.append(loss.item())
+                loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+            p.grad = None
+    if losses:
+        calib_info["loss"] = losses[0]
+    return member
+
+
+def _activation_scores(model, layers, kinds, unit, cfg, ids, out: WidthScores) -> None:
+    """wanda_sp / flap from o_proj and down_proj input statistics over all calibration tokens."""
+    stats: dict = {}
+
+    def make(key):
+        def pre(_mod, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            s = stats.setdefault(key, [0, 0.0, 0.0])
+            s[0] += x.shape[0]
+            s[1] = s[1] + x.sum(0)
+            s[2] = s[2] + x.square().sum(0)
+
+        return pre
+
+    mods = {}
+    for i in layers:
+        layer = model.model.layers[i]
+        if "attn" in kinds:
+            mods[(i, "attn")] = layer.self_attn.o_proj
+        if "mlp" in kinds:
+            mods[(i, "mlp")] = layer.mlp.down_proj
+    handles = [m.register_forward_pre_hook(make(k)) for k, m in mods.items()]
+    try:
+        with torch.no_grad():
+            model(ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    for (i, kind), mod in mods.items():
+        cnt, s1, s2 = stats[(i, kind)]
+        w = mod.weight.detach().double()
+        n = _members(model.model.layers[i], kind, unit)[0]
+        if cfg.criterion == "wanda_sp":
+            col = (w.abs() * (s2 / len(ids)).sqrt()).mean(0)
+            getattr(out, kind)[i] = col.reshape(n, -1).sum(1)
+            continue
+        var = (s2 - s1.square() / cnt) / (cnt - 1)
+        col = var * w.square().sum(0)
+        if kind == "attn":
+            col = col.square()
+        getattr(out, kind)[i] = col.reshape(n, -1).mean(1)
+        getattr(out, f"{kind}_stats")[i] = (col.mean().item(), col.std().item())
+        getattr(out, f"{kind}_mean_inp")[i] = (s1 / cnt).float()
