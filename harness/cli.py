@@ -35,6 +35,7 @@ def result_row(spec, key: str, metrics: dict, run_dir: Path) -> dict:
            "model": spec.model.path or spec.model.name}
     row.update(flatten(asdict(spec.prune), "prune."))
     row.update(flatten(asdict(spec.recover), "recover."))
+    row["eval.seq_len"] = spec.eval.seq_len
     row.update(metrics)
     row.update({"run_dir": str(run_dir), "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     return row
@@ -77,13 +78,13 @@ def main() -> None:
 def _app(cfg: DictConfig) -> None:
     run_experiment(cfg)
     if HydraConfig.get().mode.name == "RUN":
-        from harness.report import print_table
+        from harness.sweeps.report import print_table
 
         print_table(cfg.results_dir)
 
 
 def report_main(argv: list[str] | None = None) -> int:
-    from harness.report import main as report
+    from harness.sweeps.report import main as report
 
     return report(argv if argv is not None else sys.argv[1:])
 

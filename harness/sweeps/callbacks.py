@@ -10,6 +10,6 @@ class PrintResults(Callback):
     """After a sweep, print the grouped results table (all jobs have added their rows)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from harness.report import print_table
+        from harness.sweeps.report import print_table
 
         print_table(config.results_dir)

@@ -56,6 +56,14 @@ class WandbRun:
 
         self._guard(_do)
 
+    def log_images(self, images: dict) -> None:
+        def _do():
+            import wandb
+
+            self.run.log({k: wandb.Image(str(v)) for k, v in images.items()})
+
+        self._guard(_do)
+
     def finish(self) -> None:
         self._guard(lambda: self.run.finish())
 

@@ -1,0 +1,143 @@
+"""`harness report`: the results table as paper-layout tables and figures.
+
+`harness report` prints the table grouped by experiment. `harness report --write` also writes,
+for each experiment, `results/<experiment>.{md,tex,csv}` (one row per run, the layout of the
+LLM-Pruner / Shortened LLaMA tables, with the protocol, metric convention and zero-shot limit in
+the caption) and its figures (`results/<experiment>_*.png`); `--wandb` logs the same summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from harness.tracking.io import write_text_atomic
+from harness.tracking.results import read_table
+
+KEY_COLUMNS = ["experiment", "model", "prune.name", "prune.criterion", "prune.unit",
+               "prune.ratio", "recover.name", "recover.tokens"]
+HEADLINE = ("params/total", "prune/ratio_achieved", "zeroshot/mean")
+TASK_NAMES = {"boolq": "BoolQ", "piqa": "PIQA", "hellaswag": "HellaS", "winogrande": "WinoG",
+              "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "openbookqa": "OBQA"}
+
+
+def metric_columns(table: pd.DataFrame) -> list[str]:
+    """Perplexity of every evaluated source, then the other headline metrics present."""
+    ppl = [c for c in table.columns
+           if c.startswith("ppl/") and not c.endswith(("/tokens", "/predicted"))]
+    return ppl + [c for c in HEADLINE if c in table.columns]
+
+
+def summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Readable view: config columns that exist, then the headline metrics, sorted."""
+    if table.empty:
+        return table
+    keys = [c for c in KEY_COLUMNS if c in table.columns]
+    view = table[keys + metric_columns(table)].copy()
+    return view.sort_values(keys, na_position="first").reset_index(drop=True)
+
+
+def print_table(results_dir: str) -> None:
+    view = summary(read_table(results_dir))
+    if view.empty:
+        print(f"no results in {results_dir}")
+        return
+    with pd.option_context("display.max_columns", None, "display.width", 200,
+                           "display.float_format", "{:.4g}".format):
+        for experiment, part in view.groupby("experiment", sort=False):
+            print(f"\n== {experiment} ({len(part)} runs) ==")
+            print(part.drop(columns="experiment").dropna(axis=1, how="all").to_string(index=False))
+
+
+def method_label(row: pd.Series) -> str:
+    """'Dense', 'Depth ppl', 'Depth taylor (attn)', 'Width flap', ..."""
+    name = row.get("prune.name", "none")
+    if name == "none" or pd.isna(name):
+        return "Dense"
+    label = f"{name.capitalize()} {row.get('prune.criterion', '')}".strip()
+    unit = row.get("prune.unit")
+    return f"{label} ({unit})" if isinstance(unit, str) and unit != "block" else label
+
+
+def paper_table(part: pd.DataFrame) -> pd.DataFrame:
+    """One experiment's rows in paper layout: method, size, PPL, zero-shot, speed."""
+    out = pd.DataFrame({"Method": part.apply(method_label, axis=1)})
+    out["Recovery"] = part.get("recover.name", pd.Series("none", index=part.index)).fillna("none")
+    if "prune/ratio_achieved" in part:
+        out["Pruned %"] = (100 * part["prune/ratio_achieved"].fillna(0.0)).round(1)
+    out["Params (M)"] = (part["params/total"] / 1e6).round(1)
+    for col in [c for c in metric_columns(part) if c.startswith("ppl/")]:
+        out[f"PPL {col.removeprefix('ppl/')}"] = part[col].round(2)
+    for task, short in TASK_NAMES.items():
+        if f"zeroshot/{task}" in part:
+            out[short] = part[f"zeroshot/{task}"].round(1)
+    if "zeroshot/mean" in part:
+        out["Mean"] = part["zeroshot/mean"].round(1)
+    speed = [c for c in part.columns if c.endswith("/bs1/out128/decode_ms")]
+    for col in speed:
+        out[f"decode ms ({col.split('/')[1]}, bs1)"] = part[col].round(2)
+    order = ["Pruned %", "Method", "Recovery"] if "Pruned %" in out else ["Method", "Recovery"]
+    return out.sort_values(order).reset_index(drop=True)
+
+
+def caption(part: pd.DataFrame, experiment: str) -> str:
+    """Protocol, metric convention and limit, and the command that regenerates the table."""
+    seq = part["eval.seq_len"].dropna().unique().tolist() if "eval.seq_len" in part else [128]
+    bits = [f"{part['model'].iloc[0]}, offline protocol v1 (PROTOCOL.md), PPL at seq_len "
+            f"{', '.join(str(int(s)) for s in seq)}, fp32"]
+    if "zeroshot/convention" in part and part["zeroshot/convention"].notna().any():
+        conv = part["zeroshot/convention"].dropna().iloc[0]
+        limit = part["zeroshot/limit"].dropna().iloc[0] if part["zeroshot/limit"].notna().any() \
+            else "none"
+        bits.append(f"zero-shot accuracy (%) under the {conv} convention, mean of the seven "
+                    f"tasks, limit {limit} docs per task")
+    if "model/shape_only" in part and part["model/shape_only"].astype(bool).any():
+        bits.append("shape-only model: random weights, speed and memory only")
+    bits.append(f"regenerate: `harness experiment={experiment}` then `harness report --write`")
+    return "; ".join(bits) + "."
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Write tables and figures of every experiment in the results table; returns the files."""
+    from harness.sweeps.figures import experiment_figures
+
+    table = read_table(results_dir)
+    out = Path(out_dir or results_dir)
+    written = []
+    for experiment, part in table.groupby("experiment", sort=False):
+        paper, cap = paper_table(part), caption(part, experiment)
+        md = f"**{experiment}.** {cap}\n\n{paper.to_markdown(index=False)}\n"
+        tex = paper.to_latex(index=False, caption=cap.replace("_", r"\_"),
+                             label=f"tab:{experiment}", float_format="%.2f")
+        for suffix, text in ((".md", md), (".tex", tex), (".csv", paper.to_csv(index=False))):
+            written.append(write_text_atomic(out / f"{experiment}{suffix}", text))
+        written += experiment_figures(part, out / experiment)
+    return written
+
+
+def log_to_wandb(results_dir: str | Path, figures: list[Path]) -> None:
+    """The summary table and figures as one W&B run (offline unless the user is online)."""
+    from harness.tracking.wandb_logger import LoggerConfig, WandbRun
+
+    run = WandbRun(LoggerConfig(), {}, group="report", name="report", run_dir=str(results_dir))
+    run.log_table("results", summary(read_table(results_dir)))
+    run.log_images({p.stem: p for p in figures if p.suffix == ".png"})
+    run.finish()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="harness report", description=__doc__)
+    parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--write", action="store_true", help="write tables and figures")
+    parser.add_argument("--wandb", action="store_true", help="log the summary to W&B")
+    args = parser.parse_args(argv)
+    print_table(args.results_dir)
+    if args.write or args.wandb:
+        files = write_report(args.results_dir)
+        print("\nwrote " + ", ".join(str(f) for f in files))
+        if args.wandb:
+            log_to_wandb(args.results_dir, files)
+    return 0
+

@@ -1,0 +1,90 @@
+"""Sweeps: Hydra multiruns through the stage cache, resumed, extended, killed, and on submitit."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+
+def _sweep_cmd(tiny_dir, text_file, tmp_path, *extra):
+    return [
+        sys.executable, "-m", "harness", "-m", f"model.path={tiny_dir}",
+        f"eval.ppl_sources=[{text_file}]", "eval.seq_len=32", f"data.calib_source={text_file}",
+        "data.calib_samples=4", "data.calib_seq_len=16", f"results_dir={tmp_path / 'results'}",
+        f"cache_dir={tmp_path / 'cache'}", "prune=depth", "prune.criterion=taylor",
+        "prune.protect_first=1", "prune.protect_last=1", "prune.ratio=null", "logger=none",
+        *extra,
+    ]
+
+
+def _run(cmd, sweep_dir):
+    res = subprocess.run([*cmd, f"hydra.sweep.dir={sweep_dir}"], capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def _computed(sweep_dir: Path) -> list[list[str]]:
+    return [json.loads(p.read_text())["computed"]
+            for p in sorted(sweep_dir.glob("*/stages.json"))]
+
+
+def _entries(tmp_path, stage):
+    return [p for p in (tmp_path / "cache" / stage).glob("*") if not p.name.startswith(".")]
+
+
+def test_two_ratio_sweep_twice_scores_once_and_second_time_does_nothing(
+        tiny_dir, text_file, tmp_path):
+    cmd = _sweep_cmd(tiny_dir, text_file, tmp_path, "prune.num_blocks=1,2")
+    first = _run(cmd, tmp_path / "sweep1")
+    assert len(_entries(tmp_path, "importance")) == 1  # one scoring for both sizes
+    assert len(_entries(tmp_path, "pruned")) == 2
+    assert "prune.num_blocks" in first.stdout or "depth" in first.stdout  # table printed
+    _run(cmd, tmp_path / "sweep2")
+    assert _computed(tmp_path / "sweep2") == [[], []]  # no pruning, training or evaluation
+    table = pd.read_csv(tmp_path / "results" / "results.csv")
+    assert len(table) == 2 and table["run_key"].is_unique
+    assert sorted(table["prune/num_removed"]) == [1, 2]
+
+
+def test_killed_sweep_resumes_without_duplicate_rows(tiny_dir, text_file, tmp_path):
+    cmd = _sweep_cmd(tiny_dir, text_file, tmp_path, "prune.num_blocks=0,1,2")
+    results = tmp_path / "results" / "results.csv"
+    proc = subprocess.Popen([*cmd, f"hydra.sweep.dir={tmp_path / 'killed'}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (results.exists() and len(pd.read_csv(results)) >= 1):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # mid-sweep: later jobs have not run (or are half done)
+    proc.wait()
+    rows_before = len(pd.read_csv(results))
+    assert 1 <= rows_before < 3
+    _run(cmd, tmp_path / "resumed")
+    done = _computed(tmp_path / "resumed")
+    assert done[0] == []  # the job that finished before the kill is not redone
+    table = pd.read_csv(results)
+    assert len(table) == 3 and table["run_key"].is_unique
+
+
+def test_extending_a_sweep_reuses_importance(tiny_dir, text_file, tmp_path):
+    _run(_sweep_cmd(tiny_dir, text_file, tmp_path, "prune.num_blocks=1"), tmp_path / "a")
+    _run(_sweep_cmd(tiny_dir, text_file, tmp_path, "prune.num_blocks=1,2"), tmp_path / "b")
+    done = _computed(tmp_path / "b")
+    assert done[0] == [] and not any(s.startswith("importance/") for s in done[1])
+    assert any(s.startswith("pruned/") for s in done[1])
+
+
+@pytest.mark.integration
+def test_submitit_local_launcher_runs_two_jobs_into_one_table(tiny_dir, text_file, tmp_path):
+    cmd = _sweep_cmd(tiny_dir, text_file, tmp_path, "prune.num_blocks=1,2",
+                     "hydra/launcher=local", "hydra.launcher.timeout_min=10")
+    _run(cmd, tmp_path / "submitit")
+    table = pd.read_csv(tmp_path / "results" / "results.csv")
+    assert len(table) == 2 and table["run_key"].is_unique
+    assert len(_entries(tmp_path, "importance")) == 1
+    assert list((tmp_path / "submitit" / ".submitit").glob("*/*_result.pkl"))
