@@ -8,6 +8,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 RUN_ARGS ?=
+REPORT_ARGS ?= --write
 
 .PHONY: run test setup assets lint report
 
@@ -26,7 +27,7 @@ assets: setup
 	$(BIN)/python -m harness.assets
 
 run: assets
-	$(BIN)/harness $(RUN_ARGS)
+	$(BIN)/harness experiment=quick $(RUN_ARGS)
 
 test: assets
 	$(BIN)/python -m pytest -q
@@ -35,4 +36,4 @@ lint: setup
 	$(BIN)/ruff check harness tests benchmarks
 
 report: setup
-	$(BIN)/harness report
+	$(BIN)/harness report $(REPORT_ARGS)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from harness.pruning.blocks import (
     count_block_forwards,  # noqa: F401 - re-exported for callers measuring cost
@@ -117,7 +118,7 @@ def ppl_scores(model, ids, cands, unit: str = "block") -> dict[int, float]:
     """Perplexity with each candidate removed, resuming from cached block boundaries."""
     trace, layers = dense_trace(model, ids, mids=unit == "mlp"), decoder_layers(model)
     scores = {}
-    for i in cands:
+    for i in tqdm(cands, desc=f"ppl criterion ({unit})", leave=False):
         if unit == "block":
             hidden = trace.hidden[i]
         elif unit == "mlp":
@@ -133,7 +134,7 @@ def ppl_scores(model, ids, cands, unit: str = "block") -> dict[int, float]:
 def ppl_scores_naive(model, ids, cands, unit: str = "block") -> dict[int, float]:
     """Reference for `ppl_scores`: one full forward per candidate, with it skipped."""
     layers, scores = decoder_layers(model), {}
-    for i in cands:
+    for i in tqdm(cands, desc=f"ppl criterion, naive ({unit})", leave=False):
         ctx = skip_blocks(model, [i]) if unit == "block" else skip_sublayer(layers[i], unit)
         with ctx:
             hidden = final_hidden(model, ids)

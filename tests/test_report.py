@@ -1,0 +1,43 @@
+"""The report turns a results table into paper-layout tables and figures."""
+
+import pandas as pd
+
+from harness.sweeps.report import paper_table, write_report
+from harness.tracking.results import upsert_row
+
+
+def _rows():
+    base = {"experiment": "demo", "model": "smollm2_135m", "eval.seq_len": 128,
+            "zeroshot/convention": "shortened_llama", "zeroshot/limit": 50}
+    yield {**base, "run_key": "dense", "prune.name": "none", "recover.name": "none",
+           "params/total": 134.5e6, "ppl/wiki_test": 31.5, "zeroshot/mean": 45.0,
+           "speed/hf/bs1/out128/decode_ms": 20.0}
+    for method, ppl, ms in (("depth", 60.0, 16.0), ("width", 50.0, 19.5)):
+        for recover, gain in (("none", 1.0), ("lora", 0.8)):
+            yield {**base, "run_key": f"{method}-{recover}", "prune.name": method,
+                   "prune.criterion": "taylor", "prune.ratio": 0.2, "recover.name": recover,
+                   "prune/ratio_achieved": 0.2, "params/total": 107.6e6,
+                   "ppl/wiki_test": ppl * gain, "zeroshot/mean": 40.0 / gain,
+                   "speed/hf/bs1/out128/decode_ms": ms}
+
+
+def test_paper_table_layout_and_order():
+    table = paper_table(pd.DataFrame(list(_rows())))
+    assert list(table["Method"]) == ["Dense", "Depth taylor", "Depth taylor", "Width taylor",
+                                     "Width taylor"]
+    assert list(table.columns[:5]) == ["Method", "Recovery", "Pruned %", "Params (M)",
+                                       "PPL wiki_test"]
+    assert table.loc[0, "Params (M)"] == 134.5 and table.loc[1, "Pruned %"] == 20.0
+    assert "decode ms (hf, bs1)" in table.columns
+
+
+def test_write_report_writes_tables_and_figures(tmp_path):
+    for row in _rows():
+        upsert_row(tmp_path, row)
+    files = {p.name for p in write_report(tmp_path)}
+    assert {"demo.md", "demo.tex", "demo.csv", "demo_ppl_vs_fraction.png",
+            "demo_accuracy_vs_speedup.png", "demo_recovery.png"} <= files
+    md = (tmp_path / "demo.md").read_text()
+    assert "shortened_llama convention" in md and "limit 50" in md
+    assert "harness experiment=demo" in md and "| Depth taylor" in md
+    assert "\\begin{table}" in (tmp_path / "demo.tex").read_text()
