@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import hydra
+import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -41,6 +42,13 @@ def result_row(spec, key: str, metrics: dict, run_dir: Path) -> dict:
     return row
 
 
+def log_training_curve(tracker: WandbRun, csv_path: Path) -> None:
+    """The recovery loss curve (step, loss, lr, tokens_seen) as W&B history."""
+    if csv_path.exists():
+        for row in pd.read_csv(csv_path).to_dict("records"):
+            tracker.log({f"train/{k}": v for k, v in row.items()})
+
+
 def run_experiment(cfg: DictConfig) -> dict:
     """Validate, run every stage, write config.yaml / metrics.json, add the results row."""
     from harness.pipeline import Run, run_key
@@ -62,6 +70,7 @@ def run_experiment(cfg: DictConfig) -> dict:
     write_json_atomic(run_dir / "metrics.json", metrics)
     write_json_atomic(run_dir / "stages.json", {"computed": run.cache.computed})
     upsert_row(cfg.results_dir, result_row(spec, key, metrics, run_dir))
+    log_training_curve(tracker, run_dir / "train_log.csv")
     tracker.log(metrics)
     tracker.finish()
     log.info("run %s done: %s", key, run_dir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -57,6 +58,7 @@ class Run:
 
     def __init__(self, spec: RunSpec, run_dir: Path, cache: StageCache | None = None):
         self.spec, self.run_dir = spec, Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.cache = cache or StageCache(spec.raw.get("cache_dir") or cache_root() / "stages")
         self.times: dict[str, float] = {}
         self._tokenizer = None
@@ -123,12 +125,18 @@ class Run:
             data = self.spec.recover.data
             train = token_ids(data, self.tokenizer) if data == "wiki_train" else None
             model, metrics = self._timed("recover", lambda: recover(
-                model, self.spec.recover, train, tmp / "train", teacher=teacher,
+                model, self.spec.recover, train, work, teacher=teacher,
                 tokenizer=self.tokenizer, report_to="none"))
             save_model(model, self.tokenizer, tmp / "model")
+            shutil.copy2(work / "train_log.csv", tmp / "train_log.csv")
             return {"metrics": metrics}
 
+        # Training state lives in a stable work dir (not the entry's temp dir), so a killed run
+        # resumes from its last complete checkpoint; it is deleted once the entry is complete.
+        work = self.cache.root / "work" / config_key(self.final_key)
         path, entry = self.cache.get_or_compute("recovered", self.final_key, build)
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copy2(path / "train_log.csv", self.run_dir / "train_log.csv")
         return path / "model", entry["meta"]["metrics"]
 
     def _cfg_for(self, model_dir: Path) -> ModelConfig:

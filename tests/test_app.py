@@ -69,3 +69,24 @@ def test_depth_and_width_share_nothing_but_each_scores_once(tiny_dir, text_file,
                    tmp_path / "w2", cache).execute()
     assert reloaded["params/total"] == metrics["params/total"]
     assert reloaded[f"ppl/{text_file}"] == metrics[f"ppl/{text_file}"]
+
+
+def test_lora_and_cpt_share_one_pruned_model_and_log_their_curves(tiny_dir, text_file, tmp_path):
+    cache = StageCache(tmp_path / "cache")
+    prune = ["prune=depth", "prune.criterion=magnitude", "prune.protect_first=1",
+             "prune.protect_last=1", "prune.ratio=null", "prune.num_blocks=1"]
+    ppl = {}
+    for method in ("none", "lora", "cpt"):
+        spec = validate(_compose(_prune_overrides(
+            tiny_dir, text_file, tmp_path, *prune, f"recover={method}", "recover.tokens=2048",
+            "recover.seq_len=32", "recover.batch_size=4", f"recover.data={text_file}",
+            "recover.disable_tqdm=true")))
+        metrics = Run(spec, tmp_path / method, cache).execute()
+        ppl[method] = metrics[f"ppl/{text_file}"]
+        if method != "none":
+            assert metrics["recover/tokens_seen"] == 2048
+            assert len((tmp_path / method / "train_log.csv").read_text().splitlines()) > 1
+    stages = [s.split("/")[0] for s in cache.computed]
+    assert stages.count("pruned") == 1 and stages.count("recovered") == 2
+    assert not (tmp_path / "cache" / "work").exists() or not any((tmp_path / "cache" / "work").iterdir())
+    assert ppl["cpt"] < ppl["none"] and ppl["lora"] < ppl["none"]
