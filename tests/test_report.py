@@ -11,7 +11,11 @@ def _rows():
             "zeroshot/convention": "shortened_llama", "zeroshot/limit": 50}
     yield {**base, "run_key": "dense", "prune.name": "none", "recover.name": "none",
            "params/total": 134.5e6, "ppl/wiki_test": 31.5, "zeroshot/mean": 45.0,
-           "speed/hf/bs1/out128/decode_ms": 20.0}
+           "speed/hf/bs1/out128/decode_ms": 20.0,
+           **{f"zeroshot/{t}/acc": 50.0 for t in ("boolq", "piqa", "hellaswag", "winogrande",
+                                                  "arc_easy", "arc_challenge", "openbookqa")},
+           **{f"zeroshot/{t}/acc_norm": 57.0 for t in ("hellaswag", "arc_challenge",
+                                                       "openbookqa")}}
     for method, ppl, ms in (("depth", 60.0, 16.0), ("width", 50.0, 19.5)):
         for recover, gain in (("none", 1.0), ("lora", 0.8)):
             yield {**base, "run_key": f"{method}-{recover}", "prune.name": method,
@@ -41,3 +45,7 @@ def test_write_report_writes_tables_and_figures(tmp_path):
     assert "shortened_llama convention" in md and "limit 50" in md
     assert "harness experiment=demo" in md and "| Depth taylor" in md
     assert "\\begin{table}" in (tmp_path / "demo.tex").read_text()
+    conventions = (tmp_path / "demo_conventions.md").read_text()
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in conventions.splitlines()
+            if line.startswith("| Dense")]
+    assert [(r[2], r[-1]) for r in rows] == [("shortened_llama", "53"), ("llm_pruner", "50")]

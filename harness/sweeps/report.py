@@ -9,6 +9,7 @@ the caption) and its figures (`results/<experiment>_*.png`); `--wandb` logs the 
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 import pandas as pd
@@ -82,6 +83,27 @@ def paper_table(part: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(order).reset_index(drop=True)
 
 
+def convention_table(part: pd.DataFrame) -> pd.DataFrame | None:
+    """Zero-shot accuracy of each run under both papers' metric conventions (from raw acc and
+    acc_norm), so a table can be compared with LLM-Pruner's and with Shortened LLaMA's."""
+    from harness.evaluation.config import CONVENTIONS
+
+    if "zeroshot/hellaswag/acc_norm" not in part:
+        return None
+    part = part[part["zeroshot/hellaswag/acc_norm"].notna()]
+    rows = []
+    for (_, run), convention in itertools.product(part.iterrows(), CONVENTIONS):
+        row = {"Method": method_label(run), "Recovery": run.get("recover.name", "none"),
+               "Convention": convention}
+        for task, metric in CONVENTIONS[convention].items():
+            row[TASK_NAMES[task]] = round(run.get(f"zeroshot/{task}/{metric}", float("nan")), 1)
+        row["Mean"] = round(sum(row[TASK_NAMES[t]] for t in CONVENTIONS[convention]) / 7, 1)
+        if "zeroshot/lambada_openai" in run:
+            row["LAMBADA acc"] = round(run["zeroshot/lambada_openai"], 1)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def caption(part: pd.DataFrame, experiment: str) -> str:
     """Protocol, metric convention and limit, and the command that regenerates the table."""
     seq = part["eval.seq_len"].dropna().unique().tolist() if "eval.seq_len" in part else [128]
@@ -113,6 +135,11 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
                              label=f"tab:{experiment}", float_format="%.2f")
         for suffix, text in ((".md", md), (".tex", tex), (".csv", paper.to_csv(index=False))):
             written.append(write_text_atomic(out / f"{experiment}{suffix}", text))
+        conventions = convention_table(part)
+        if conventions is not None:
+            text = f"**{experiment}, both metric conventions.** {cap}\n\n" \
+                f"{conventions.to_markdown(index=False)}\n"
+            written.append(write_text_atomic(out / f"{experiment}_conventions.md", text))
         written += experiment_figures(part, out / experiment)
     return written
 
