@@ -27,16 +27,6 @@ from harness.pruning.depth import (
 )
 from harness.pruning.depth_scores import CRITERIA, candidates, ppl_scores, ppl_scores_naive
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls are far faster on one thread, above all on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 ARCHS = [("llama", False), ("llama", True), ("mistral", True), ("qwen2", True)]
 
 

@@ -22,15 +22,6 @@ from harness.models.tiny import tiny_model
 HEAD_DIM = 16  # tiny_model: hidden 64 / 4 heads
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine's 2 cores are shared: spinning OpenMP threads make tiny runs 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _linear(old: nn.Linear, rows: int | None = None, cols: int | None = None) -> nn.Linear:
     """`old` with only its first `rows` outputs / `cols` inputs (a structural slice)."""
     w = old.weight.data[:rows, :cols]

@@ -31,15 +31,6 @@ TOKENS = SEQ * BS * STEPS
 METHODS = ("cpt", "lora", "cpt_lora", "kd")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread is much faster than two fighting threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def corpus(segments: int, seed: int) -> torch.Tensor:
     """Runs of 16 consecutive ids from random starts: the next id is (mostly) this id + 1."""
     g = torch.Generator().manual_seed(seed)

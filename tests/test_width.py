@@ -28,15 +28,6 @@ MODELS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on shared cores they oversubscribe."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def cfg_(**kw) -> WidthPruneConfig:
     base = dict(criterion="l2", layer_start=1, layer_end=-1, unit_ratio=0.5)
     return WidthPruneConfig(**{**base, **kw})
