@@ -44,7 +44,7 @@ def documents(source: str) -> list[str]:
         path, split = parts[0], parts[-1]
         config = parts[1] if len(parts) == 3 else None
         ds = load_dataset(path, config, split=split)
-        return [t for t in ds["text"] if t.strip()]
+        return list(ds["text"])  # every row, empty ones too: "\n\n".join as LLM-Pruner does
     path = Path(source)
     if path.suffix == ".jsonl":
         with open(path) as f:
