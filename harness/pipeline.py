@@ -136,7 +136,8 @@ class Run:
         work = self.cache.root / "work" / config_key(self.final_key)
         path, entry = self.cache.get_or_compute("recovered", self.final_key, build)
         shutil.rmtree(work, ignore_errors=True)
-        shutil.copy2(path / "train_log.csv", self.run_dir / "train_log.csv")
+        if (path / "train_log.csv").exists():  # entries written before v0.1 lack the copy
+            shutil.copy2(path / "train_log.csv", self.run_dir / "train_log.csv")
         return path / "model", entry["meta"]["metrics"]
 
     def _cfg_for(self, model_dir: Path) -> ModelConfig:
