@@ -17,7 +17,10 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from harness.data.config import DataConfig
 from harness.data.text import check_source
 from harness.evaluation.config import SpeedConfig, ZeroShotConfig
-from harness.models.loader import ModelConfig
+from harness.models.loader import ModelConfig, load_hf_config
+from harness.pruning.depth import DepthPruneConfig
+from harness.pruning.width import WidthPruneConfig
+from harness.recovery.config import RecoverConfig
 from harness.tracking.wandb_logger import LoggerConfig
 
 
@@ -54,8 +57,8 @@ class NoPrune:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    prune: Any = MISSING
-    recover: Any = MISSING
+    prune: Any = MISSING  # one of PRUNE_SCHEMAS, picked by the `prune` group
+    recover: RecoverConfig = field(default_factory=RecoverConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     experiment: str = "default"  # name of the experiment delta, for grouping
@@ -64,26 +67,15 @@ class Config:
     seed: int = 0
 
 
-def prune_schemas() -> dict[str, type]:
-    """`prune=<name>` options and their dataclasses."""
-    from harness.pruning.depth import DepthPruneConfig
-    from harness.pruning.width import WidthPruneConfig
-
-    return {"none": NoPrune, "depth": DepthPruneConfig, "width": WidthPruneConfig}
-
-
-def recover_schema() -> type:
-    from harness.recovery.config import RecoverConfig
-
-    return RecoverConfig
+PRUNE_SCHEMAS = {"none": NoPrune, "depth": DepthPruneConfig, "width": WidthPruneConfig}
 
 
 def register_configs() -> None:
+    """Put the schemas where the YAML files under conf/ extend them (`<name>_schema`)."""
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    for name, schema in prune_schemas().items():
+    for name, schema in PRUNE_SCHEMAS.items():
         cs.store(group="prune", name=f"{name}_schema", node=schema)
-    cs.store(group="recover", name="recover_schema", node=recover_schema())
 
 
 @dataclass
@@ -92,8 +84,8 @@ class RunSpec:
 
     model: ModelConfig
     data: DataConfig
-    prune: Any
-    recover: Any
+    prune: NoPrune | DepthPruneConfig | WidthPruneConfig
+    recover: RecoverConfig
     eval: EvalConfig
     logger: LoggerConfig
     raw: DictConfig
@@ -102,16 +94,12 @@ class RunSpec:
 def validate(cfg: DictConfig) -> RunSpec:
     """Turn the composed config into typed objects and check every value; raise ValueError."""
     obj = OmegaConf.to_object(cfg)
-    spec = RunSpec(
-        obj.model, obj.data, obj.prune, obj.recover, obj.eval, obj.logger, raw=cfg
-    )
+    spec = RunSpec(obj.model, obj.data, obj.prune, obj.recover, obj.eval, obj.logger, raw=cfg)
     spec.model.validate()
     spec.data.validate()
     spec.eval.validate()
     spec.logger.validate()
     spec.recover.validate()
-    from harness.models.loader import load_hf_config
-
     spec.prune.validate(load_hf_config(spec.model))
     if spec.model.shape_only and spec.recover.name != "none":
         raise ValueError(f"{spec.model.name} has random weights: recovery on it is meaningless")
