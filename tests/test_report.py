@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from harness.sweeps.report import paper_table, write_report
+from harness.sweeps.report import experiment_report, paper_table, write_report
 from harness.tracking.results import upsert_row
 
 
@@ -49,3 +49,28 @@ def test_write_report_writes_tables_and_figures(tmp_path):
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in conventions.splitlines()
             if line.startswith("| Dense")]
     assert [(r[2], r[-1]) for r in rows] == [("shortened_llama", "53"), ("llm_pruner", "50")]
+
+
+def test_experiment_report_prints_and_writes_only_that_experiment(tmp_path, capsys):
+    for row in _rows():
+        upsert_row(tmp_path, row)
+    upsert_row(tmp_path, {"experiment": "other", "run_key": "x", "model": "m",
+                          "params/total": 1e6, "ppl/wiki_test": 9.0})
+    files = {p.name for p in experiment_report(tmp_path, "demo")}
+    assert "demo.md" in files and not any(f.startswith("other") for f in files)
+    out = capsys.readouterr().out
+    assert "== demo (5 runs) ==" in out and "Width taylor" in out
+    assert experiment_report(tmp_path, "missing") == []
+
+
+def test_sweep_end_callback_reports_the_named_experiment(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from harness.sweeps.callbacks import PrintResults
+
+    for row in _rows():
+        upsert_row(tmp_path, row)
+    PrintResults().on_multirun_end(OmegaConf.create({"experiment": "demo",
+                                                     "results_dir": str(tmp_path)}))
+    assert "Depth taylor" in capsys.readouterr().out
+    assert (tmp_path / "demo.md").exists() and (tmp_path / "demo_ppl_vs_fraction.png").exists()

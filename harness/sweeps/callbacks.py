@@ -1,4 +1,4 @@
-"""Hydra callbacks: at the end of a multirun, print the results table of what just ran."""
+"""Hydra callbacks: at the end of a multirun, report what just ran."""
 
 from __future__ import annotations
 
@@ -7,9 +7,14 @@ from omegaconf import DictConfig
 
 
 class PrintResults(Callback):
-    """After a sweep, print the grouped results table (all jobs have added their rows)."""
+    """After a sweep (all jobs have added their rows): for a named experiment, print its paper
+    table and write its tables and figures to results_dir; otherwise print the grouped table."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from harness.sweeps.report import print_table
+        from harness.sweeps.report import experiment_report, print_table
 
-        print_table(config.results_dir)
+        experiment = config.get("experiment", "default")
+        if experiment and experiment != "default":
+            experiment_report(config.results_dir, experiment)
+        else:
+            print_table(config.results_dir)

@@ -121,14 +121,18 @@ def caption(part: pd.DataFrame, experiment: str) -> str:
     return "; ".join(bits) + "."
 
 
-def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Write tables and figures of every experiment in the results table; returns the files."""
+def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
+                 only: str | None = None) -> list[Path]:
+    """Write tables and figures of every experiment in the results table (or `only` one);
+    returns the files."""
     from harness.sweeps.figures import experiment_figures
 
     table = read_table(results_dir)
     out = Path(out_dir or results_dir)
     written = []
     for experiment, part in table.groupby("experiment", sort=False):
+        if only is not None and experiment != only:
+            continue
         paper, cap = paper_table(part), caption(part, experiment)
         md = f"**{experiment}.** {cap}\n\n{paper.to_markdown(index=False)}\n"
         tex = paper.to_latex(index=False, caption=cap.replace("_", r"\_"),
@@ -142,6 +146,22 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
             written.append(write_text_atomic(out / f"{experiment}_conventions.md", text))
         written += experiment_figures(part, out / experiment)
     return written
+
+
+def experiment_report(results_dir: str | Path, experiment: str) -> list[Path]:
+    """End of a sweep: print the experiment's paper table (e.g. depth vs width for `quick`)
+    and write its tables and figures next to the results table."""
+    table = read_table(results_dir)
+    part = table[table["experiment"] == experiment] if "experiment" in table else table.iloc[:0]
+    if part.empty:
+        print(f"no results for experiment {experiment} in {results_dir}")
+        return []
+    with pd.option_context("display.max_columns", None, "display.width", 200):
+        print(f"\n== {experiment} ({len(part)} runs) ==\n{caption(part, experiment)}\n")
+        print(paper_table(part).dropna(axis=1, how="all").to_string(index=False))
+    files = write_report(results_dir, only=experiment)
+    print("\nwrote " + ", ".join(str(f) for f in files))
+    return files
 
 
 def log_to_wandb(results_dir: str | Path, figures: list[Path]) -> None:
