@@ -178,7 +178,8 @@ def test_taylor_equals_brute_force(unit):
         expected = sum(
             (p * p.grad).abs().sum().item()
             for name, p in layer.named_parameters()
-            if unit == "block" or name.startswith((prefix + ".", norm + "."))
+            if (unit == "block" or name.startswith((prefix + ".", norm + ".")))
+            and not name.endswith("bias")  # Shortened LLaMA scores weights only
         )
         assert scores[i] == pytest.approx(expected, rel=1e-5)
 

@@ -8,8 +8,9 @@ over all calibration tokens.
 - ppl: calibration perplexity with the block removed (Shortened LLaMA). `ppl_scores` caches
   the block boundaries of one dense pass and, for candidate i, runs only blocks i+1..L-1;
   `ppl_scores_naive` runs the whole model once per candidate. Both give the same numbers.
-- taylor: sum over the block's parameters of |w * dL/dw| (one backward over the whole
+- taylor: sum over the block's weights of |w * dL/dw| (one backward over the whole
   calibration batch; each gradient is folded into its block's score and freed on arrival).
+  Like Shortened LLaMA's code: norm weights count, biases (Qwen2's q/k/v) do not.
 - magnitude: Frobenius norm of all the block's weight matrices together,
   sqrt(sum_W ||W||_F^2); 1-D tensors (norms, biases) are left out.
 - block_influence: ShortGPT's BI, 1 - mean cosine(block input, block output) over all tokens.
@@ -142,10 +143,12 @@ def ppl_scores_naive(model, ids, cands, unit: str = "block") -> dict[int, float]
     return scores
 
 
-def _unit_params(layer, unit: str) -> list[torch.nn.Parameter]:
+def _unit_params(layer, unit: str, weights_only: bool = False) -> list[torch.nn.Parameter]:
     seen, out = set(), []
     for module in unit_modules(layer, unit):
-        for p in module.parameters():
+        for name, p in module.named_parameters():
+            if weights_only and name.endswith("bias"):
+                continue
             if id(p) not in seen:
                 seen.add(id(p))
                 out.append(p)
@@ -153,9 +156,10 @@ def _unit_params(layer, unit: str) -> list[torch.nn.Parameter]:
 
 
 def taylor_scores(model, ids, cands, unit: str = "block") -> dict[int, float]:
-    """sum |w * dL/dw| per candidate, accumulated by post-accumulate-grad hooks."""
+    """sum |w * dL/dw| over each candidate's weights (norms included, biases left out, as in
+    Shortened LLaMA's code), accumulated by post-accumulate-grad hooks."""
     layers = decoder_layers(model)
-    groups = {i: _unit_params(layers[i], unit) for i in cands}
+    groups = {i: _unit_params(layers[i], unit, weights_only=True) for i in cands}
     sums = {i: torch.zeros((), dtype=torch.float64, device=model.device) for i in cands}
     flags = {p: p.requires_grad for p in model.parameters()}
 
