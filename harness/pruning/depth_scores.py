@@ -41,6 +41,7 @@ from harness.pruning.blocks import (
     skip_sublayer,
     unit_modules,
 )
+from harness.pruning.grads import streamed_grads
 
 CRITERIA = ("ppl", "taylor", "magnitude", "block_influence", "angular", "last", "random")
 BLOCK_ONLY = ("angular",)  # criteria that cannot score a single sublayer
@@ -160,33 +161,14 @@ def taylor_scores(model, ids, cands, unit: str = "block") -> dict[int, float]:
     Shortened LLaMA's code), accumulated by post-accumulate-grad hooks."""
     layers = decoder_layers(model)
     groups = {i: _unit_params(layers[i], unit, weights_only=True) for i in cands}
+    owner = {id(p): i for i, params in groups.items() for p in params}
     sums = {i: torch.zeros((), dtype=torch.float64, device=model.device) for i in cands}
-    flags = {p: p.requires_grad for p in model.parameters()}
 
-    def hook_for(i):
-        def hook(p):
-            sums[i] += (p.detach().float() * p.grad.float()).abs().sum().double()
-            p.grad = None
+    def fold(p):
+        sums[owner[id(p)]] += (p.detach().float() * p.grad.float()).abs().sum().double()
 
-        return hook
-
-    handles = []
-    try:
-        model.zero_grad(set_to_none=True)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for i, params in groups.items():
-            for p in params:
-                p.requires_grad_(True)
-                handles.append(p.register_post_accumulate_grad_hook(hook_for(i)))
-        with torch.enable_grad():
-            lm_loss(model, final_hidden(model, ids), ids).backward()
-    finally:
-        for h in handles:
-            h.remove()
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
-            p.grad = None
+    with streamed_grads(model, [p for params in groups.values() for p in params], fold):
+        lm_loss(model, final_hidden(model, ids), ids).backward()
     return {i: s.item() for i, s in sums.items()}
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from harness.pruning.grads import streamed_grads
 from harness.pruning.ratio import effective_unit, resolve_layers
 
 CRITERIA = ("random", "l1", "l2", "taylor", "taylor2", "vector", "param_mix", "wanda_sp", "flap")
@@ -163,36 +164,18 @@ def _grad_scores(model, slots, criterion, ids, calib_info) -> dict:
             member[slot] = member[slot] + _per_unit(
                 wg.abs() if mode == "first" else wg, axis, n, mode == "vector"
             )
-        p.grad = None
 
-    flags = {p: p.requires_grad for p in model.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in info)
-    handles = [
-        p.register_post_accumulate_grad_hook(hook) for p in model.parameters() if id(p) in info
-    ]
     losses = []
-    try:
-        with torch.enable_grad():
-            if criterion in ("taylor2", "param_mix"):
-                state.update(
-                    mode="second" if criterion == "taylor2" else "fisher", scale=1 / len(ids)
-                )
-                for i in range(len(ids)):
-                    model(ids[i : i + 1], labels=ids[i : i + 1], use_cache=False).loss.backward()
-            if criterion != "taylor2":
-                state["mode"] = {"taylor": "first", "vector": "vector", "param_mix": "mix"}[
-                    criterion
-                ]
-                loss = model(ids, labels=ids, use_cache=False).loss
-                losses.append(loss.item())
-                loss.backward()
-    finally:
-        for h in handles:
-            h.remove()
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
-            p.grad = None
+    with streamed_grads(model, [p for p in model.parameters() if id(p) in info], hook):
+        if criterion in ("taylor2", "param_mix"):
+            state.update(mode="second" if criterion == "taylor2" else "fisher", scale=1 / len(ids))
+            for i in range(len(ids)):
+                model(ids[i : i + 1], labels=ids[i : i + 1], use_cache=False).loss.backward()
+        if criterion != "taylor2":
+            state["mode"] = {"taylor": "first", "vector": "vector", "param_mix": "mix"}[criterion]
+            loss = model(ids, labels=ids, use_cache=False).loss
+            losses.append(loss.item())
+            loss.backward()
     if losses:
         calib_info["loss"] = losses[0]
     return member
