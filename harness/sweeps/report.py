@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.tracking.io import write_text_atomic
-from harness.tracking.results import read_table
+from harness.tracking.results import by_experiment, read_table
 
 KEY_COLUMNS = ["experiment", "model", "prune.name", "prune.criterion", "prune.unit",
                "prune.ratio", "recover.name", "recover.tokens"]
@@ -47,7 +47,7 @@ def print_table(results_dir: str) -> None:
         return
     with pd.option_context("display.max_columns", None, "display.width", 200,
                            "display.float_format", "{:.4g}".format):
-        for experiment, part in view.groupby("experiment", sort=False):
+        for experiment, part in by_experiment(view):
             print(f"\n== {experiment} ({len(part)} runs) ==")
             print(part.drop(columns="experiment").dropna(axis=1, how="all").to_string(index=False))
 
@@ -130,7 +130,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
     table = read_table(results_dir)
     out = Path(out_dir or results_dir)
     written = []
-    for experiment, part in table.groupby("experiment", sort=False):
+    for experiment, part in by_experiment(table):
         if only is not None and experiment != only:
             continue
         paper, cap = paper_table(part), caption(part, experiment)
@@ -151,8 +151,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
 def experiment_report(results_dir: str | Path, experiment: str) -> list[Path]:
     """End of a sweep: print the experiment's paper table (e.g. depth vs width for `quick`)
     and write its tables and figures next to the results table."""
-    table = read_table(results_dir)
-    part = table[table["experiment"] == experiment] if "experiment" in table else table.iloc[:0]
+    part = dict(by_experiment(read_table(results_dir))).get(experiment, pd.DataFrame())
     if part.empty:
         print(f"no results for experiment {experiment} in {results_dir}")
         return []

@@ -3,6 +3,10 @@
 Rows live in `<results_dir>/results.csv`, keyed by `run_key` (a hash of the run's config). Every
 write takes an exclusive file lock, rewrites the table to a temporary file and renames it into
 place, so readers never see a half-written table and two processes never lose each other's rows.
+
+A run shared by several experiments (the dense model, or depth ppl at 20% in both
+`depth_criteria` and `severe_retraining`) is still one row: its `experiment` column lists them
+all, comma-separated, and `by_experiment` gives each experiment its complete set of rows.
 """
 
 from __future__ import annotations
@@ -36,15 +40,35 @@ def read_table(results_dir: str | Path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+def _labels(value) -> list[str]:
+    return [] if pd.isna(value) else [x for x in str(value).split(",") if x]
+
+
+def by_experiment(table: pd.DataFrame):
+    """(experiment, its rows) for every experiment named in the table, in order of appearance;
+    a row listed under several experiments appears in each."""
+    if table.empty or "experiment" not in table:
+        return
+    labels = table["experiment"].map(_labels)
+    for name in dict.fromkeys(x for names in labels for x in names):
+        yield name, table[labels.map(lambda names, n=name: n in names)]
+
+
 def upsert_row(results_dir: str | Path, row: dict) -> pd.DataFrame:
-    """Add `row` (must hold `run_key`), replacing any earlier row with the same key."""
+    """Add `row` (must hold `run_key`), replacing any earlier row with the same key; the
+    earlier row's experiment labels are kept alongside the new one."""
     if "run_key" not in row:
         raise ValueError("a results row needs a run_key")
     path = Path(results_dir) / TABLE
     with _locked(path):
         table = read_table(results_dir)
         if len(table):
-            table = table[table["run_key"] != row["run_key"]]
+            same = table["run_key"] == row["run_key"]
+            if same.any() and "experiment" in row and "experiment" in table:
+                names = [x for v in table.loc[same, "experiment"] for x in _labels(v)]
+                row = {**row, "experiment": ",".join(
+                    sorted(set(names) | set(_labels(row["experiment"]))))}
+            table = table[~same]
         table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
         fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".csv", dir=path.parent)
         os.close(fd)
