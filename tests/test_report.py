@@ -2,7 +2,12 @@
 
 import pandas as pd
 
-from harness.sweeps.report import experiment_report, paper_table, write_report
+from harness.sweeps.report import (
+    experiment_report,
+    matched_size_table,
+    paper_table,
+    write_report,
+)
 from harness.tracking.results import upsert_row
 
 
@@ -74,3 +79,20 @@ def test_sweep_end_callback_reports_the_named_experiment(tmp_path, capsys):
                                                      "results_dir": str(tmp_path)}))
     assert "Depth taylor" in capsys.readouterr().out
     assert (tmp_path / "demo.md").exists() and (tmp_path / "demo_ppl_vs_fraction.png").exists()
+
+
+def test_matched_size_table_puts_depth_next_to_width_without_recovery(tmp_path):
+    rows = list(_rows())
+    rows.append({**rows[1], "run_key": "depth-35", "prune.ratio": 0.35,
+                 "prune/ratio_achieved": 0.342, "ppl/wiki_test": 300.0, "experiment": "other"})
+    table = matched_size_table(pd.DataFrame(rows)).set_index("Method")
+    assert list(table.index) == ["Depth taylor", "Width taylor"]
+    assert table.loc["Depth taylor", "20% wiki_test"] == 60.0  # the no-recovery row, not LoRA's
+    assert table.loc["Width taylor", "20% wiki_test"] == 50.0
+    assert table.loc["Depth taylor", "35% achieved"] == 34.2
+    assert table.loc["Depth taylor", "35% wiki_test"] == 300.0  # from another experiment
+    assert pd.isna(table.loc["Width taylor", "35% wiki_test"])
+    for row in rows:
+        upsert_row(tmp_path, row)
+    files = {p.name for p in write_report(tmp_path)}
+    assert {"matched_size.md", "matched_size_ppl_vs_fraction_wiki_test.png"} <= files

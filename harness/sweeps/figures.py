@@ -37,6 +37,7 @@ def ppl_vs_fraction(table: pd.DataFrame, path: Path, source: str = "wiki_test") 
     if col not in rows or rows["prune.name"].isin(["depth", "width"]).sum() == 0:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # one colour per criterion, up to 20
     dense = rows[rows["prune.name"] == "none"]
     for (method, criterion), part in rows[rows["prune.name"] != "none"].groupby(
         ["prune.name", "prune.criterion"]

@@ -3,7 +3,9 @@
 `harness report` prints the table grouped by experiment. `harness report --write` also writes,
 for each experiment, `results/<experiment>.{md,tex,csv}` (one row per run, the layout of the
 LLM-Pruner / Shortened LLaMA tables, with the protocol, metric convention and zero-shot limit in
-the caption) and its figures (`results/<experiment>_*.png`); `--wandb` logs the same summary.
+the caption) and its figures (`results/<experiment>_*.png`), plus `results/matched_size.*`: every
+depth and width criterion side by side at each size, whichever experiments ran them. `--wandb`
+logs the same summary. A sweep of a named experiment ends with its own part of this report.
 """
 
 from __future__ import annotations
@@ -104,6 +106,45 @@ def convention_table(part: pd.DataFrame) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
+def matched_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Pruned runs comparable across experiments: depth or width by `prune.ratio`, no recovery,
+    whole blocks, real weights, PPL at seq_len 128."""
+    def col(name, default):
+        return table[name] if name in table else pd.Series(default, index=table.index)
+
+    if table.empty or "prune.ratio" not in table:
+        return table.iloc[:0]
+    keep = (col("prune.name", "none").isin(["depth", "width"]) & table["prune.ratio"].notna()
+            & (col("recover.name", "none").fillna("none") == "none")
+            & (col("prune.unit", "block").fillna("block") == "block")
+            & ~col("model/shape_only", False).fillna(False).astype(bool)
+            & (col("eval.seq_len", 128).fillna(128) == 128))
+    return table[keep]
+
+
+def matched_size_table(table: pd.DataFrame) -> pd.DataFrame | None:
+    """Depth and width side by side at each requested size, whatever experiment ran them: one
+    row per model, method and criterion; per requested ratio, the achieved % of total
+    parameters removed and the PPL of each evaluated source."""
+    rows = matched_rows(table)
+    if rows.empty:
+        return None
+    sources = [c for c in metric_columns(rows) if c.startswith("ppl/")]
+    entries = []
+    for (model, method, criterion), part in rows.groupby(["model", "prune.name",
+                                                          "prune.criterion"]):
+        entry = {"Model": model, "Method": f"{method.capitalize()} {criterion}"}
+        for ratio, at in part.groupby("prune.ratio"):
+            tag = f"{100 * ratio:g}%"
+            entry[f"{tag} achieved"] = round(100 * at["prune/ratio_achieved"].iloc[0], 1)
+            for src in sources:
+                values = at[src].dropna()
+                if len(values):
+                    entry[f"{tag} {src.removeprefix('ppl/')}"] = float(f"{values.iloc[0]:.4g}")
+        entries.append(entry)
+    return pd.DataFrame(entries)
+
+
 def caption(part: pd.DataFrame, experiment: str) -> str:
     """Protocol, metric convention and limit, and the command that regenerates the table."""
     seq = part["eval.seq_len"].dropna().unique().tolist() if "eval.seq_len" in part else [128]
@@ -145,6 +186,32 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
                 f"{conventions.to_markdown(index=False)}\n"
             written.append(write_text_atomic(out / f"{experiment}_conventions.md", text))
         written += experiment_figures(part, out / experiment)
+    if only is None:
+        written += _write_matched_size(table, out)
+    return written
+
+
+def _write_matched_size(table: pd.DataFrame, out: Path) -> list[Path]:
+    """`matched_size.{md,csv}` and its PPL-vs-size figures (dense at 0 when the table has it)."""
+    from harness.sweeps.figures import ppl_vs_fraction
+
+    matched = matched_size_table(table)
+    if matched is None:
+        return []
+    text = ("**Depth vs width at matched size, every criterion, no recovery** (rows from all "
+            "experiments; sizes are fractions of TOTAL parameters, requested and achieved; PPL "
+            "at seq_len 128, fp32). Regenerate: `harness experiment=depth_criteria`, "
+            "`harness experiment=width_criteria`, then `harness report --write`.\n\n"
+            f"{matched.to_markdown(index=False)}\n")
+    written = [write_text_atomic(out / "matched_size.md", text),
+               write_text_atomic(out / "matched_size.csv", matched.to_csv(index=False))]
+    dense = table[(table.get("prune.name") == "none")]
+    for source in ("wiki_test", "c4_test"):
+        col = f"ppl/{source}"
+        base = dense[dense[col].notna()].head(1) if col in dense else dense.iloc[:0]
+        fig = ppl_vs_fraction(pd.concat([base, matched_rows(table)]),
+                              out / f"matched_size_ppl_vs_fraction_{source}.png", source)
+        written += [fig] if fig else []
     return written
 
 

@@ -37,7 +37,7 @@ def read_table(results_dir: str | Path) -> pd.DataFrame:
     path = Path(results_dir) / TABLE
     if not path.exists():
         return pd.DataFrame()
-    return pd.read_csv(path)
+    return pd.read_csv(path).copy()  # copy: one block per dtype, not per column (pandas 3)
 
 
 def _labels(value) -> list[str]:
