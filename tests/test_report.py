@@ -96,3 +96,4 @@ def test_matched_size_table_puts_depth_next_to_width_without_recovery(tmp_path):
         upsert_row(tmp_path, row)
     files = {p.name for p in write_report(tmp_path)}
     assert {"matched_size.md", "matched_size_ppl_vs_fraction_wiki_test.png"} <= files
+    assert "other_conventions.md" not in files  # no zero-shot runs there, no empty table

@@ -93,6 +93,8 @@ def convention_table(part: pd.DataFrame) -> pd.DataFrame | None:
     if "zeroshot/hellaswag/acc_norm" not in part:
         return None
     part = part[part["zeroshot/hellaswag/acc_norm"].notna()]
+    if part.empty:
+        return None
     rows = []
     for (_, run), convention in itertools.product(part.iterrows(), CONVENTIONS):
         row = {"Method": method_label(run), "Recovery": run.get("recover.name", "none"),
