@@ -38,6 +38,9 @@ def test_paper_table_layout_and_order():
                                        "PPL wiki_test"]
     assert table.loc[0, "Params (M)"] == 134.5 and table.loc[1, "Pruned %"] == 20.0
     assert "decode ms (hf, bs1)" in table.columns
+    no_zeroshot = paper_table(pd.DataFrame(list(_rows())).drop(columns="zeroshot/mean")
+                              .assign(**{"zeroshot/boolq": float("nan")}))
+    assert "BoolQ" not in no_zeroshot.columns  # a column nobody measured is left out
 
 
 def test_write_report_writes_tables_and_figures(tmp_path):

@@ -82,7 +82,7 @@ def paper_table(part: pd.DataFrame) -> pd.DataFrame:
     for col in speed:
         out[f"decode ms ({col.split('/')[1]}, bs1)"] = part[col].round(2)
     order = ["Pruned %", "Method", "Recovery"] if "Pruned %" in out else ["Method", "Recovery"]
-    return out.sort_values(order).reset_index(drop=True)
+    return out.dropna(axis=1, how="all").sort_values(order).reset_index(drop=True)
 
 
 def convention_table(part: pd.DataFrame) -> pd.DataFrame | None:
@@ -226,7 +226,7 @@ def experiment_report(results_dir: str | Path, experiment: str) -> list[Path]:
         return []
     with pd.option_context("display.max_columns", None, "display.width", 200):
         print(f"\n== {experiment} ({len(part)} runs) ==\n{caption(part, experiment)}\n")
-        print(paper_table(part).dropna(axis=1, how="all").to_string(index=False))
+        print(paper_table(part).to_string(index=False))
     files = write_report(results_dir, only=experiment)
     print("\nwrote " + ", ".join(str(f) for f in files))
     return files
