@@ -6,6 +6,7 @@ from harness.sweeps.report import (
     experiment_report,
     matched_size_table,
     paper_table,
+    regenerate_command,
     write_report,
 )
 from harness.tracking.results import upsert_row
@@ -100,3 +101,17 @@ def test_matched_size_table_puts_depth_next_to_width_without_recovery(tmp_path):
     files = {p.name for p in write_report(tmp_path)}
     assert {"matched_size.md", "matched_size_ppl_vs_fraction_wiki_test.png"} <= files
     assert "other_conventions.md" not in files  # no zero-shot runs there, no empty table
+
+
+def test_caption_command_names_the_narrowed_sweep():
+    rows = pd.DataFrame([{"prune.name": m, "prune.ratio": r, "recover.name": rec,
+                          "recover.tokens": 8192}
+                         for m in ("depth", "width") for r in (0.5, 0.2)
+                         for rec in ("none", "cpt")])
+    assert regenerate_command(rows, "severe") == \
+        "harness experiment=severe 'prune.ratio=0.2,0.5' recover.tokens=8192"
+    with_dense = pd.concat([rows, pd.DataFrame([{"prune.name": "none", "recover.name": "none"}])])
+    assert regenerate_command(with_dense, "severe") == "harness experiment=severe recover.tokens=8192"
+    mixed = rows.assign(**{"recover.tokens": [4096] * 4 + [8192] * 4})  # depth 4096, width 8192
+    assert regenerate_command(mixed[mixed["prune.ratio"] == 0.2], "x") == \
+        "harness experiment=x prune.ratio=0.2"

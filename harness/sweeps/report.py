@@ -160,8 +160,34 @@ def caption(part: pd.DataFrame, experiment: str) -> str:
                     f"tasks, limit {limit} docs per task")
     if "model/shape_only" in part and part["model/shape_only"].astype(bool).any():
         bits.append("shape-only model: random weights, speed and memory only")
-    bits.append(f"regenerate: `harness experiment={experiment}` then `harness report --write`")
+    budget = recovery_budget(part)
+    if budget is not None:
+        bits.append(f"recovery budget {budget} training tokens per method")
+    bits.append(f"regenerate: `{regenerate_command(part, experiment)}` then "
+                "`harness report --write`")
     return "; ".join(bits) + "."
+
+
+def recovery_budget(part: pd.DataFrame) -> int | None:
+    """The one `recover.tokens` shared by the experiment's recovered runs (None if none/mixed)."""
+    if "recover.name" not in part or "recover.tokens" not in part:
+        return None
+    tokens = part.loc[part["recover.name"].fillna("none") != "none", "recover.tokens"].dropna()
+    return int(tokens.iloc[0]) if tokens.nunique() == 1 else None
+
+
+def regenerate_command(part: pd.DataFrame, experiment: str) -> str:
+    """`harness experiment=X` plus the ratios and budget its rows were run with, so a table made
+    from a narrowed sweep (e.g. two ratios at a CPU-sized budget) names the narrowed command."""
+    cmd = f"harness experiment={experiment}"
+    if "prune.ratio" in part and (part.get("prune.name", "none") != "none").all() \
+            and part["prune.ratio"].notna().all():
+        ratios = ",".join(f"{r:g}" for r in sorted(part["prune.ratio"].unique()))
+        cmd += f" 'prune.ratio={ratios}'" if "," in ratios else f" prune.ratio={ratios}"
+    budget = recovery_budget(part)
+    if budget is not None:
+        cmd += f" recover.tokens={budget}"
+    return cmd
 
 
 def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
