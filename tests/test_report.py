@@ -115,3 +115,6 @@ def test_caption_command_names_the_narrowed_sweep():
     mixed = rows.assign(**{"recover.tokens": [4096] * 4 + [8192] * 4})  # depth 4096, width 8192
     assert regenerate_command(mixed[mixed["prune.ratio"] == 0.2], "x") == \
         "harness experiment=x prune.ratio=0.2"
+    dense = pd.DataFrame([{"prune.name": "none", "recover.name": "none"}])
+    assert regenerate_command(dense, "default") == "harness"
+    assert regenerate_command(rows, "default").startswith("harness <the overrides")

@@ -179,6 +179,10 @@ def recovery_budget(part: pd.DataFrame) -> int | None:
 def regenerate_command(part: pd.DataFrame, experiment: str) -> str:
     """`harness experiment=X` plus the ratios and budget its rows were run with, so a table made
     from a narrowed sweep (e.g. two ratios at a CPU-sized budget) names the narrowed command."""
+    if experiment == "default":  # runs made without an experiment delta
+        plain = all((part.get(f"{stage}.name", pd.Series(["none"])).fillna("none") == "none").all()
+                    for stage in ("prune", "recover"))
+        return "harness" if plain else "harness <the overrides in each run's config.yaml>"
     cmd = f"harness experiment={experiment}"
     if "prune.ratio" in part and (part.get("prune.name", "none") != "none").all() \
             and part["prune.ratio"].notna().all():
