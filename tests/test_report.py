@@ -101,6 +101,9 @@ def test_matched_size_table_puts_depth_next_to_width_without_recovery(tmp_path):
     files = {p.name for p in write_report(tmp_path)}
     assert {"matched_size.md", "matched_size_ppl_vs_fraction_wiki_test.png"} <= files
     assert "other_conventions.md" not in files  # no zero-shot runs there, no empty table
+    caption = (tmp_path / "matched_size.md").read_text().split("\n")[0]
+    assert "`harness experiment=demo`" in caption  # every experiment that gave a row
+    assert "`harness experiment=other prune.ratio=0.35`" in caption
 
 
 def test_caption_command_names_the_narrowed_sweep():

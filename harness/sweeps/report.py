@@ -230,10 +230,13 @@ def _write_matched_size(table: pd.DataFrame, out: Path) -> list[Path]:
     matched = matched_size_table(table)
     if matched is None:
         return []
+    keys = set(matched_rows(table)["run_key"])
+    commands = ", ".join(f"`{regenerate_command(part, experiment)}`"
+                         for experiment, part in by_experiment(table)
+                         if part["run_key"].isin(keys).any())
     text = ("**Depth vs width at matched size, every criterion, no recovery** (rows from all "
             "experiments; sizes are fractions of TOTAL parameters, requested and achieved; PPL "
-            "at seq_len 128, fp32). Regenerate: `harness experiment=depth_criteria`, "
-            "`harness experiment=width_criteria`, then `harness report --write`.\n\n"
+            f"at seq_len 128, fp32). Regenerate: {commands}, then `harness report --write`.\n\n"
             f"{matched.to_markdown(index=False)}\n")
     written = [write_text_atomic(out / "matched_size.md", text),
                write_text_atomic(out / "matched_size.csv", matched.to_csv(index=False))]
