@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
+from harness.models import cache_kwarg
 from harness.models.params import count_params
 from harness.models.tiny import tiny_model
 from harness.pruning.blocks import count_block_forwards, decoder_layers
@@ -135,7 +136,7 @@ def test_generate_with_kv_cache_after_removal(unit, blocks):
     with torch.no_grad():  # prefill + continuation through the KV cache, by hand
         past = model(input_ids=prompt[:, :4], use_cache=True).past_key_values
         assert past.get_seq_length() == 4
-        step = model(input_ids=prompt[:, 4:], past_key_values=past, use_cache=True).logits
+        step = model(input_ids=prompt[:, 4:], use_cache=True, **{cache_kwarg(model): past}).logits
     torch.testing.assert_close(step, logits(model, prompt)[:, 4:], atol=1e-5, rtol=0)
 
 

@@ -32,6 +32,7 @@ from transformers import GenerationConfig, StaticCache
 
 from harness.evaluation.config import SpeedConfig
 from harness.evaluation.efficiency import decode_weight_bytes, kv_cache_bytes
+from harness.models import cache_kwarg
 from harness.models.params import count_params
 
 __all__ = ["SpeedConfig", "StaticDecoder", "benchmark_speed", "device_bandwidth", "speed_metrics"]
@@ -111,6 +112,7 @@ class StaticDecoder:
         self.model = model
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
         self.max_len = max_len
+        self.cache_arg = cache_kwarg(model)
         self.step = self._step
         if compile:
             cuda = next(model.parameters()).device.type == "cuda"
@@ -118,7 +120,7 @@ class StaticDecoder:
             self.step = torch.compile(self._step, mode=mode, fullgraph=True)
 
     def _step(self, token: torch.Tensor) -> torch.Tensor:
-        out = self.model(input_ids=token, past_key_values=self.cache, use_cache=True)
+        out = self.model(input_ids=token, use_cache=True, **{self.cache_arg: self.cache})
         return out.logits[:, -1].argmax(-1, keepdim=True)
 
     @torch.no_grad()
@@ -129,7 +131,7 @@ class StaticDecoder:
             )
         self.cache.reset()
         out = self.model(
-            input_ids=ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1
+            input_ids=ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: self.cache}
         )
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         tokens = [token]
