@@ -24,7 +24,7 @@ from harness.recovery.data import (
 )
 from harness.recovery.kd import distill_loss
 from harness.recovery.lora import attach_lora, merge_lora
-from harness.recovery.trainer import MARKER, read_log
+from harness.recovery.trainer import MARKER, checkpoint_time, read_log
 
 SEQ, BS, STEPS = 32, 8, 16
 TOKENS = SEQ * BS * STEPS
@@ -283,9 +283,15 @@ def test_killed_run_resumes_from_last_complete_checkpoint(tmp_path, uninterrupte
     half_written = tmp_path / phase / "checkpoint-3"  # a save the kill cut short: no marker
     half_written.mkdir()
     (half_written / "model.safetensors").write_bytes(b"truncated")
+    spent_before_kill = checkpoint_time(tmp_path / phase / "checkpoint-2")
+    assert spent_before_kill > 0
     model, metrics = recover(tiny_model(seed=0), cfg, TRAIN, tmp_path)
     assert not half_written.exists()
     assert metrics[f"recover/{phase}/resumed_from_step"] == 2
+    # time counts the kept work of the killed attempt too, so tokens/s is not inflated by resume
+    assert metrics[f"recover/{phase}/prior_time_s"] == spent_before_kill
+    assert metrics[f"recover/{phase}/time_s"] > spent_before_kill
+    assert metrics["recover/time_s"] > spent_before_kill
     assert metrics["recover/steps"] == 8 and metrics["recover/tokens_seen"] == 8 * SEQ * BS
     assert [r["step"] for r in read_log(tmp_path / phase / "train_log.csv")] == [1, 2, 3, 4]
     for (name, got), want in zip(

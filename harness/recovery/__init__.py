@@ -121,7 +121,9 @@ def recover(
         metrics.update({f"recover/{phase}/{k}": v for k, v in phase_metrics.items()})
     _combine_logs(out, [phase for phase, _ in plan])
     phases = [phase for phase, _ in plan]
-    elapsed = time.perf_counter() - start
+    # this run's wall time plus the training time earlier attempts left in their checkpoints
+    prior = sum(metrics[f"recover/{p}/prior_time_s"] for p in phases)
+    elapsed = time.perf_counter() - start + prior
     tokens_seen = sum(metrics[f"recover/{p}/tokens_seen"] for p in phases)
     metrics.update(
         {

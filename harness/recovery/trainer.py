@@ -3,7 +3,9 @@
 One phase = one `Trainer` run in its own directory (`<out_dir>/<phase>`), so the same code runs
 on CPU, one GPU or many (`accelerate launch`). Checkpoints are marked `COMPLETE` only after the
 Trainer finished writing them; a restarted run resumes from the newest complete one and deletes
-incomplete ones. A non-finite loss raises `NonFiniteLossError` before that step can be saved.
+incomplete ones. Each marker also records the training seconds spent up to that checkpoint, so a
+resumed phase reports the time of all the work it kept, not only the part after the restart.
+A non-finite loss raises `NonFiniteLossError` before that step can be saved.
 """
 
 from __future__ import annotations
@@ -90,13 +92,30 @@ def truncate_log(path: Path, last_step: int) -> None:
             )
 
 
+def checkpoint_time(path: str | Path) -> float:
+    """Training seconds recorded in a complete checkpoint's marker (0.0 if none recorded)."""
+    for line in (Path(path) / MARKER).read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if key == "time_s":
+            return float(value)
+    return 0.0
+
+
 class CompletionMarker(TrainerCallback):
-    """Writes `COMPLETE` into a checkpoint once the Trainer has finished saving it."""
+    """Writes `COMPLETE` (step, training seconds so far) into a checkpoint once the Trainer has
+    finished saving it; `prior_s` is the time recorded by the checkpoint this run resumed from."""
+
+    def __init__(self, prior_s: float = 0.0):
+        self.prior_s, self.start = prior_s, time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
 
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and path.is_dir():
-            (path / MARKER).write_text(f"step {state.global_step}\n")
+            spent = self.prior_s + time.perf_counter() - self.start
+            (path / MARKER).write_text(f"step {state.global_step}\ntime_s {spent:.3f}\n")
 
 
 class LossLog(TrainerCallback):
@@ -182,10 +201,12 @@ def train_phase(
     **trainer_kwargs,
 ) -> dict[str, float]:
     """Train `model` in place for `max_steps` optimizer steps, resuming from `out_dir` if a
-    complete checkpoint is there. Returns tokens_seen, steps, first/final loss, time_s."""
+    complete checkpoint is there. Returns tokens_seen, steps, first/final loss, time_s (training
+    seconds over every attempt, up to the checkpoint resumed from plus this run) and prior_time_s."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     resume = prepare_resume(out)
+    prior = checkpoint_time(resume) if resume else 0.0
     log_path = out / LOG_NAME
     if int(os.environ.get("RANK", "0")) == 0:
         truncate_log(log_path, int(_CKPT.match(resume.name).group(1)) if resume else 0)
@@ -199,7 +220,7 @@ def train_phase(
         args=training_args(cfg, out, lr=lr, max_steps=max_steps, report_to=report_to),
         train_dataset=dataset,
         data_collator=default_data_collator,
-        callbacks=[CompletionMarker(), LossLog(log_path), *callbacks],
+        callbacks=[CompletionMarker(prior), LossLog(log_path), *callbacks],
         **trainer_kwargs,
     )
     start = time.perf_counter()
@@ -216,6 +237,7 @@ def train_phase(
         "steps": int(trainer.state.global_step),
         "first_loss": rows[0]["loss"] if rows else math.nan,
         "final_loss": rows[-1]["loss"] if rows else math.nan,
-        "time_s": elapsed,
+        "time_s": prior + elapsed,
+        "prior_time_s": prior,
         "resumed_from_step": int(_CKPT.match(resume.name).group(1)) if resume else 0,
     }
