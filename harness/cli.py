@@ -37,6 +37,9 @@ def result_row(spec, key: str, metrics: dict, run_dir: Path) -> dict:
     row.update(flatten(asdict(spec.prune), "prune."))
     row.update(flatten(asdict(spec.recover), "recover."))
     row["eval.seq_len"] = spec.eval.seq_len
+    if spec.eval.speed.enabled:  # the grid the speed columns were measured on
+        row.update({f"eval.speed.{k}": str(v) if isinstance(v, list) else v
+                    for k, v in asdict(spec.eval.speed).items() if k != "enabled"})
     row.update(metrics)
     row.update({"run_dir": str(run_dir), "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     return row

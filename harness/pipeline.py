@@ -194,6 +194,7 @@ class Run:
                 "speed", key, lambda: benchmark_speed(get_model(), ev.speed)))
             write_json_atomic(self.run_dir / "speed.json", rows)
             out.update(speed_metrics(rows))
+            out["speed/device"] = key["device"]
         if spec.model.shape_only:
             return out  # random weights: no accuracy figures, by design
         for source in ev.ppl_sources:

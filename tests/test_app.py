@@ -43,6 +43,19 @@ def test_cli_writes_run_dir_and_one_results_row(tiny_dir, text_file, tmp_path):
     assert "ppl/" in res.stdout  # the printed results table
 
 
+def test_results_row_records_the_speed_grid_only_when_speed_ran(tiny_dir, text_file, tmp_path):
+    from harness.cli import result_row
+
+    base = _overrides(tiny_dir, text_file, tmp_path)
+    plain = result_row(validate(_compose(base)), "k", {}, tmp_path)
+    assert not [k for k in plain if k.startswith("eval.speed.")]
+    spec = validate(_compose([*base, "eval.speed.enabled=true", "eval.speed.repeats=3",
+                              "eval.speed.batch_sizes=[1,2]"]))
+    row = result_row(spec, "k", {"speed/device": "cpu-x86_64-2cores"}, tmp_path)
+    assert row["eval.speed.repeats"] == 3 and row["eval.speed.batch_sizes"] == "[1, 2]"
+    assert row["eval.speed.backend"] == "hf" and row["speed/device"] == "cpu-x86_64-2cores"
+
+
 def _prune_overrides(tiny_dir, text_file, tmp_path, *extra):
     return [*_overrides(tiny_dir, text_file, tmp_path), f"data.calib_source={text_file}",
             "data.calib_samples=4", "data.calib_seq_len=16", *extra]

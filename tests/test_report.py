@@ -2,11 +2,11 @@
 
 import pandas as pd
 
+from harness.sweeps.captions import caption, regenerate_commands
 from harness.sweeps.report import (
     experiment_report,
     matched_size_table,
     paper_table,
-    regenerate_command,
     write_report,
 )
 from harness.tracking.results import upsert_row
@@ -102,8 +102,9 @@ def test_matched_size_table_puts_depth_next_to_width_without_recovery(tmp_path):
     assert {"matched_size.md", "matched_size_ppl_vs_fraction_wiki_test.png"} <= files
     assert "other_conventions.md" not in files  # no zero-shot runs there, no empty table
     caption = (tmp_path / "matched_size.md").read_text().split("\n")[0]
-    assert "`harness experiment=demo`" in caption  # every experiment that gave a row
-    assert "`harness experiment=other prune.ratio=0.35`" in caption
+    # every experiment that gave a row, with the settings its rows record
+    assert "`harness experiment=demo prune.ratio=0.2 eval.zeroshot.limit=50`" in caption
+    assert "`harness experiment=other prune.ratio=0.35 eval.zeroshot.limit=50`" in caption
 
 
 def test_caption_command_names_the_narrowed_sweep():
@@ -111,13 +112,35 @@ def test_caption_command_names_the_narrowed_sweep():
                           "recover.tokens": 8192}
                          for m in ("depth", "width") for r in (0.5, 0.2)
                          for rec in ("none", "cpt")])
-    assert regenerate_command(rows, "severe") == \
-        "harness experiment=severe 'prune.ratio=0.2,0.5' recover.tokens=8192"
+    narrowed = "harness experiment=severe 'prune.ratio=0.2,0.5' recover.tokens=8192"
+    assert regenerate_commands(rows, "severe") == [narrowed]
     with_dense = pd.concat([rows, pd.DataFrame([{"prune.name": "none", "recover.name": "none"}])])
-    assert regenerate_command(with_dense, "severe") == "harness experiment=severe recover.tokens=8192"
+    # a dense row the sweep does not make gets its own command...
+    assert regenerate_commands(with_dense, "severe") == [
+        narrowed, "harness experiment=severe prune=none recover=none hydra.mode=RUN"]
+    # ...and a sweep with a dense variant (quick) takes no ratio override, which dense would reject
+    assert regenerate_commands(with_dense, "quick") == ["harness experiment=quick recover.tokens=8192"]
     mixed = rows.assign(**{"recover.tokens": [4096] * 4 + [8192] * 4})  # depth 4096, width 8192
-    assert regenerate_command(mixed[mixed["prune.ratio"] == 0.2], "x") == \
-        "harness experiment=x prune.ratio=0.2"
+    assert regenerate_commands(mixed[mixed["prune.ratio"] == 0.2], "x") == \
+        ["harness experiment=x prune.ratio=0.2"]
     dense = pd.DataFrame([{"prune.name": "none", "recover.name": "none"}])
-    assert regenerate_command(dense, "default") == "harness"
-    assert regenerate_command(rows, "default").startswith("harness <the overrides")
+    assert regenerate_commands(dense, "default") == ["harness"]
+    assert regenerate_commands(rows, "default")[0].startswith("harness <the overrides")
+
+
+def test_caption_names_the_eval_settings_and_the_speed_device():
+    rows = pd.DataFrame([
+        {"run_key": k, "model": "smollm2_135m", "prune.name": name, "prune.ratio": ratio,
+         "recover.name": "none", "eval.seq_len": 128, "zeroshot/limit": 100,
+         "zeroshot/convention": "shortened_llama", "eval.speed.batch_sizes": "[1, 16]",
+         "eval.speed.output_lengths": "[128, 512]", "eval.speed.repeats": 3,
+         "eval.speed.warmup": 2, "eval.speed.prompt_len": 128,
+         "speed/device": "cpu-x86_64-2cores", "speed/hf/bs1/out128/decode_ms": ms}
+        for k, name, ratio, ms in (("d", "none", None, 40.0), ("p", "depth", 0.2, 30.0))])
+    evals = "eval.zeroshot.limit=100 'eval.speed.batch_sizes=[1,16]' eval.speed.repeats=3"
+    assert regenerate_commands(rows, "cmp") == [
+        f"harness experiment=cmp prune.ratio=0.2 {evals}",
+        f"harness experiment=cmp prune=none recover=none hydra.mode=RUN {evals}"]
+    text = caption(rows, "cmp")
+    assert "hf backend, on cpu-x86_64-2cores" in text and "median of 3 runs after 2" in text
+    assert f"`harness experiment=cmp prune.ratio=0.2 {evals}`" in text

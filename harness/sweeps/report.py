@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.sweeps.captions import caption, regenerate_commands
 from harness.tracking.io import write_text_atomic
 from harness.tracking.results import by_experiment, read_table
 
@@ -147,53 +148,6 @@ def matched_size_table(table: pd.DataFrame) -> pd.DataFrame | None:
     return pd.DataFrame(entries)
 
 
-def caption(part: pd.DataFrame, experiment: str) -> str:
-    """Protocol, metric convention and limit, and the command that regenerates the table."""
-    seq = part["eval.seq_len"].dropna().unique().tolist() if "eval.seq_len" in part else [128]
-    bits = [f"{part['model'].iloc[0]}, offline protocol v1 (PROTOCOL.md), PPL at seq_len "
-            f"{', '.join(str(int(s)) for s in seq)}, fp32"]
-    if "zeroshot/convention" in part and part["zeroshot/convention"].notna().any():
-        conv = part["zeroshot/convention"].dropna().iloc[0]
-        limit = part["zeroshot/limit"].dropna().iloc[0] if part["zeroshot/limit"].notna().any() \
-            else "none"
-        bits.append(f"zero-shot accuracy (%) under the {conv} convention, mean of the seven "
-                    f"tasks, limit {limit} docs per task")
-    if "model/shape_only" in part and part["model/shape_only"].astype(bool).any():
-        bits.append("shape-only model: random weights, speed and memory only")
-    budget = recovery_budget(part)
-    if budget is not None:
-        bits.append(f"recovery budget {budget} training tokens per method")
-    bits.append(f"regenerate: `{regenerate_command(part, experiment)}` then "
-                "`harness report --write`")
-    return "; ".join(bits) + "."
-
-
-def recovery_budget(part: pd.DataFrame) -> int | None:
-    """The one `recover.tokens` shared by the experiment's recovered runs (None if none/mixed)."""
-    if "recover.name" not in part or "recover.tokens" not in part:
-        return None
-    tokens = part.loc[part["recover.name"].fillna("none") != "none", "recover.tokens"].dropna()
-    return int(tokens.iloc[0]) if tokens.nunique() == 1 else None
-
-
-def regenerate_command(part: pd.DataFrame, experiment: str) -> str:
-    """`harness experiment=X` plus the ratios and budget its rows were run with, so a table made
-    from a narrowed sweep (e.g. two ratios at a CPU-sized budget) names the narrowed command."""
-    if experiment == "default":  # runs made without an experiment delta
-        plain = all((part.get(f"{stage}.name", pd.Series(["none"])).fillna("none") == "none").all()
-                    for stage in ("prune", "recover"))
-        return "harness" if plain else "harness <the overrides in each run's config.yaml>"
-    cmd = f"harness experiment={experiment}"
-    if "prune.ratio" in part and (part.get("prune.name", "none") != "none").all() \
-            and part["prune.ratio"].notna().all():
-        ratios = ",".join(f"{r:g}" for r in sorted(part["prune.ratio"].unique()))
-        cmd += f" 'prune.ratio={ratios}'" if "," in ratios else f" prune.ratio={ratios}"
-    budget = recovery_budget(part)
-    if budget is not None:
-        cmd += f" recover.tokens={budget}"
-    return cmd
-
-
 def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
                  only: str | None = None) -> list[Path]:
     """Write tables and figures of every experiment in the results table (or `only` one);
@@ -231,9 +185,9 @@ def _write_matched_size(table: pd.DataFrame, out: Path) -> list[Path]:
     if matched is None:
         return []
     keys = set(matched_rows(table)["run_key"])
-    commands = ", ".join(f"`{regenerate_command(part, experiment)}`"
-                         for experiment, part in by_experiment(table)
-                         if part["run_key"].isin(keys).any())
+    commands = ", ".join(f"`{c}`" for experiment, part in by_experiment(table)
+                         if part["run_key"].isin(keys).any()
+                         for c in regenerate_commands(part, experiment))
     text = ("**Depth vs width at matched size, every criterion, no recovery** (rows from all "
             "experiments; sizes are fractions of TOTAL parameters, requested and achieved; PPL "
             f"at seq_len 128, fp32). Regenerate: {commands}, then `harness report --write`.\n\n"
