@@ -51,7 +51,7 @@ def test_write_report_writes_tables_and_figures(tmp_path):
     assert {"demo.md", "demo.tex", "demo.csv", "demo_ppl_vs_fraction.png",
             "demo_accuracy_vs_speedup.png", "demo_recovery.png"} <= files
     md = (tmp_path / "demo.md").read_text()
-    assert "shortened_llama convention" in md and "limit 50" in md
+    assert "shortened_llama convention" in md and "limit 50 docs per task" in md
     assert "harness experiment=demo" in md and "| Depth taylor" in md
     assert "\\begin{table}" in (tmp_path / "demo.tex").read_text()
     conventions = (tmp_path / "demo_conventions.md").read_text()

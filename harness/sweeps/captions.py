@@ -19,8 +19,8 @@ def caption(part: pd.DataFrame, experiment: str) -> str:
             f"{', '.join(str(int(s)) for s in seq)}, fp32"]
     if "zeroshot/convention" in part and part["zeroshot/convention"].notna().any():
         conv = part["zeroshot/convention"].dropna().iloc[0]
-        limit = part["zeroshot/limit"].dropna().iloc[0] if part["zeroshot/limit"].notna().any() \
-            else "none"
+        limits = part["zeroshot/limit"].dropna() if "zeroshot/limit" in part else pd.Series([])
+        limit = "none" if limits.empty else f"{limits.iloc[0]:g}"
         bits.append(f"zero-shot accuracy (%) under the {conv} convention, mean of the seven "
                     f"tasks, limit {limit} docs per task")
     if "model/shape_only" in part and part["model/shape_only"].astype(bool).any():
