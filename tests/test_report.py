@@ -72,6 +72,20 @@ def test_experiment_report_prints_and_writes_only_that_experiment(tmp_path, caps
     assert experiment_report(tmp_path, "missing") == []
 
 
+def test_an_experiment_without_speed_rows_gets_no_speed_caption_or_figure(tmp_path):
+    for row in _rows():
+        upsert_row(tmp_path, row)
+    upsert_row(tmp_path, {"experiment": "ppl_only", "run_key": "p", "model": "m",
+                          "prune.name": "none", "recover.name": "none", "params/total": 1e6,
+                          "ppl/wiki_test": 9.0, "zeroshot/mean": 40.0})
+    files = {p.name for p in write_report(tmp_path)}
+    assert "demo_accuracy_vs_speedup.png" in files
+    assert not any(f.startswith("ppl_only_accuracy") for f in files)
+    md = (tmp_path / "ppl_only.md").read_text()
+    assert "decode" not in md and "limit" not in md  # demo's columns are not ppl_only's
+    assert "decode ms per generated token" in (tmp_path / "demo.md").read_text()
+
+
 def test_sweep_end_callback_reports_the_named_experiment(tmp_path, capsys):
     from omegaconf import OmegaConf
 

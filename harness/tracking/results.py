@@ -46,12 +46,14 @@ def _labels(value) -> list[str]:
 
 def by_experiment(table: pd.DataFrame):
     """(experiment, its rows) for every experiment named in the table, in order of appearance;
-    a row listed under several experiments appears in each."""
+    a row listed under several experiments appears in each. Each part keeps only the columns its
+    own rows filled, so one experiment's speed or zero-shot columns never show up empty in
+    another's tables, captions and figures."""
     if table.empty or "experiment" not in table:
         return
     labels = table["experiment"].map(_labels)
     for name in dict.fromkeys(x for names in labels for x in names):
-        yield name, table[labels.map(lambda names, n=name: n in names)]
+        yield name, table[labels.map(lambda names, n=name: n in names)].dropna(axis=1, how="all")
 
 
 def upsert_row(results_dir: str | Path, row: dict) -> pd.DataFrame:
