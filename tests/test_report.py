@@ -83,6 +83,7 @@ def test_an_experiment_without_speed_rows_gets_no_speed_caption_or_figure(tmp_pa
     assert not any(f.startswith("ppl_only_accuracy") for f in files)
     md = (tmp_path / "ppl_only.md").read_text()
     assert "decode" not in md and "limit" not in md  # demo's columns are not ppl_only's
+    assert "| Dense    | none       |          0 |" in md  # a dense-only table still says 0%
     assert "decode ms per generated token" in (tmp_path / "demo.md").read_text()
 
 

@@ -69,8 +69,8 @@ def paper_table(part: pd.DataFrame) -> pd.DataFrame:
     """One experiment's rows in paper layout: method, size, PPL, zero-shot, speed."""
     out = pd.DataFrame({"Method": part.apply(method_label, axis=1)})
     out["Recovery"] = part.get("recover.name", pd.Series("none", index=part.index)).fillna("none")
-    if "prune/ratio_achieved" in part:
-        out["Pruned %"] = (100 * part["prune/ratio_achieved"].fillna(0.0)).round(1)
+    pruned = part.get("prune/ratio_achieved", pd.Series(0.0, index=part.index))  # dense: 0
+    out["Pruned %"] = (100 * pruned.fillna(0.0)).round(1)
     out["Params (M)"] = (part["params/total"] / 1e6).round(1)
     for col in [c for c in metric_columns(part) if c.startswith("ppl/")]:
         out[f"PPL {col.removeprefix('ppl/')}"] = part[col].round(2)
@@ -82,7 +82,7 @@ def paper_table(part: pd.DataFrame) -> pd.DataFrame:
     speed = [c for c in part.columns if c.endswith("/bs1/out128/decode_ms")]
     for col in speed:
         out[f"decode ms ({col.split('/')[1]}, bs1)"] = part[col].round(2)
-    order = ["Pruned %", "Method", "Recovery"] if "Pruned %" in out else ["Method", "Recovery"]
+    order = ["Pruned %", "Method", "Recovery"]
     return out.dropna(axis=1, how="all").sort_values(order).reset_index(drop=True)
 
 
