@@ -34,8 +34,10 @@ def result_row(spec, key: str, metrics: dict, run_dir: Path) -> dict:
     """One results-table row: run key, the config columns that vary in sweeps, then metrics."""
     row = {"run_key": key, "experiment": spec.raw.get("experiment", "default"),
            "model": spec.model.path or spec.model.name}
-    row.update(flatten(asdict(spec.prune), "prune."))
-    row.update(flatten(asdict(spec.recover), "recover."))
+    for prefix, stage in (("prune.", spec.prune), ("recover.", spec.recover)):
+        # a stage that is off records only its name: its budget or lr never applied (run_key agrees)
+        row.update({f"{prefix}name": "none"} if stage.name == "none"
+                   else flatten(asdict(stage), prefix))
     row["eval.seq_len"] = spec.eval.seq_len
     if spec.eval.speed.enabled:  # the grid the speed columns were measured on
         row.update({f"eval.speed.{k}": str(v) if isinstance(v, list) else v

@@ -49,6 +49,10 @@ def test_results_row_records_the_speed_grid_only_when_speed_ran(tiny_dir, text_f
     base = _overrides(tiny_dir, text_file, tmp_path)
     plain = result_row(validate(_compose(base)), "k", {}, tmp_path)
     assert not [k for k in plain if k.startswith("eval.speed.")]
+    assert plain["recover.name"] == "none" and "recover.tokens" not in plain  # off: name only
+    lora = result_row(validate(_compose([*base, "recover=lora", "recover.tokens=64"])), "k", {},
+                      tmp_path)
+    assert lora["recover.tokens"] == 64 and lora["recover.lora_r"] == 8
     spec = validate(_compose([*base, "eval.speed.enabled=true", "eval.speed.repeats=3",
                               "eval.speed.batch_sizes=[1,2]"]))
     row = result_row(spec, "k", {"speed/device": "cpu-x86_64-2cores"}, tmp_path)
