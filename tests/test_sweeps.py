@@ -1,6 +1,7 @@
 """Sweeps: Hydra multiruns through the stage cache, resumed, extended, killed, and on submitit."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -88,3 +89,21 @@ def test_submitit_local_launcher_runs_two_jobs_into_one_table(tiny_dir, text_fil
     assert len(table) == 2 and table["run_key"].is_unique
     assert len(_entries(tmp_path, "importance")) == 1
     assert list((tmp_path / "submitit" / ".submitit").glob("*/*_result.pkl"))
+
+
+def test_cache_removes_a_killed_runs_temporary_entry_but_not_a_live_ones(tmp_path):
+    from harness.sweeps.cache import _HOST, StageCache
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stage = tmp_path / "pruned"
+    orphan = stage / f".0123456789abcdef-{_HOST}-{dead.pid}-x1"
+    live = stage / f".fedcba9876543210-{_HOST}-{os.getpid()}-x2"
+    elsewhere = stage / f".0123456789abcdef-otherhost-{dead.pid}-x3"  # not ours to judge
+    for d in (orphan, live, elsewhere):
+        (d / "model").mkdir(parents=True)
+    cache = StageCache(tmp_path)
+    path, _ = cache.get_or_compute("pruned", {"a": 1}, lambda tmp: (tmp / "f").write_text("x") and {})
+    assert (path / "f").read_text() == "x"
+    assert not orphan.exists() and live.exists() and elsewhere.exists()
+    assert sorted(p.name for p in stage.iterdir() if not p.name.startswith(".")) == [path.name]

@@ -4,7 +4,8 @@ An entry is a directory `<root>/<stage>/<key>/` holding the stage's files plus `
 config it was keyed on, its own metadata, how long it took). Entries are built in a temporary
 sibling directory and renamed into place, so a killed run never leaves a half-written entry that a
 later run could read. Two processes racing on one key both compute; the first rename wins and the
-second discards its copy.
+second discards its copy. A temporary directory is named after its host and process, so the
+leftovers of a killed run (a whole model copy) are removed by the next run on that host.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -53,7 +55,8 @@ class StageCache:
         if self.has(stage, key):
             return final, self.meta(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
+        _remove_orphans(final.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-{_HOST}-{os.getpid()}-", dir=final.parent))
         try:
             start = time.perf_counter()
             meta = compute(tmp) or {}
@@ -75,6 +78,27 @@ class StageCache:
         """Cached JSON result: `compute()` returns the result dict itself."""
         _, entry = self.get_or_compute(stage, keyed_on, lambda tmp: {"result": compute()})
         return entry["meta"]["result"]
+
+
+_HOST = socket.gethostname().replace("-", "_")
+
+
+def _remove_orphans(stage_dir: Path) -> None:
+    """Delete temporary entry dirs (`.<key>-<host>-<pid>-*`) whose process on this host is gone."""
+    for tmp in stage_dir.glob(f".*-{_HOST}-*-*"):
+        pid = tmp.name.split("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def link_tree(src: Path, dst: Path) -> Path:
