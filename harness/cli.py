@@ -21,7 +21,7 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import register_configs, validate
+from harness.config import register_configs, stage_settings, validate
 from harness.tracking.io import write_json_atomic, write_text_atomic
 from harness.tracking.results import upsert_row
 from harness.tracking.wandb_logger import WandbRun, flatten
@@ -34,10 +34,8 @@ def result_row(spec, key: str, metrics: dict, run_dir: Path) -> dict:
     """One results-table row: run key, the config columns that vary in sweeps, then metrics."""
     row = {"run_key": key, "experiment": spec.raw.get("experiment", "default"),
            "model": spec.model.path or spec.model.name}
-    for prefix, stage in (("prune.", spec.prune), ("recover.", spec.recover)):
-        # a stage that is off records only its name: its budget or lr never applied (run_key agrees)
-        row.update({f"{prefix}name": "none"} if stage.name == "none"
-                   else flatten(asdict(stage), prefix))
+    row.update(flatten(stage_settings(spec.prune), "prune."))  # as in run_key: an off stage
+    row.update(flatten(stage_settings(spec.recover), "recover."))  # records only its name
     row["eval.seq_len"] = spec.eval.seq_len
     if spec.eval.speed.enabled:  # the grid the speed columns were measured on
         row.update({f"eval.speed.{k}": str(v) if isinstance(v, list) else v

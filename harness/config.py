@@ -8,7 +8,7 @@ checks that need the model's shape (a ratio the model cannot reach, a protected 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -89,6 +89,12 @@ class RunSpec:
     eval: EvalConfig
     logger: LoggerConfig
     raw: DictConfig
+
+
+def stage_settings(stage) -> dict:
+    """The settings of a prune or recover stage that shape a run's numbers: all of them, or only
+    the name of a stage that is switched off (a token budget with recover=none never applied)."""
+    return {"name": "none"} if stage.name == "none" else asdict(stage)
 
 
 def validate(cfg: DictConfig) -> RunSpec:

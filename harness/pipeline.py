@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from harness.assets import WHEELS, cache_root
-from harness.config import RunSpec
+from harness.config import RunSpec, stage_settings
 from harness.data.text import calibration_ids, token_ids
 from harness.evaluation.efficiency import efficiency_metrics
 from harness.evaluation.perplexity import perplexity
@@ -224,12 +224,9 @@ class Run:
 
 
 def run_key(spec: RunSpec) -> str:
-    """Identity of a run's result row: everything that determines its numbers (settings of a
-    stage that is switched off, such as a token budget with recover=none, do not count)."""
-    def stage(cfg) -> dict:
-        return {"name": "none"} if cfg.name == "none" else asdict(cfg)
-
+    """Identity of a run's result row: everything that determines its numbers."""
     return config_key({
         "model": model_identity(spec.model), "data": asdict(spec.data),
-        "prune": stage(spec.prune), "recover": stage(spec.recover), "eval": asdict(spec.eval),
+        "prune": stage_settings(spec.prune), "recover": stage_settings(spec.recover),
+        "eval": asdict(spec.eval),
     })

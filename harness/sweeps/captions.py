@@ -12,15 +12,21 @@ from pathlib import Path
 import pandas as pd
 
 
+def first(part: pd.DataFrame, col: str, default=None):
+    """The first value the rows record in `col` (`default` when the column is absent or empty)."""
+    values = part[col].dropna() if col in part else ()
+    return values.iloc[0] if len(values) else default
+
+
 def caption(part: pd.DataFrame, experiment: str) -> str:
     """Protocol, metric convention and limit, and the command that regenerates the table."""
     seq = part["eval.seq_len"].dropna().unique().tolist() if "eval.seq_len" in part else [128]
     bits = [f"{part['model'].iloc[0]}, offline protocol v1 (PROTOCOL.md), PPL at seq_len "
             f"{', '.join(str(int(s)) for s in seq)}, fp32"]
-    if "zeroshot/convention" in part and part["zeroshot/convention"].notna().any():
-        conv = part["zeroshot/convention"].dropna().iloc[0]
-        limits = part["zeroshot/limit"].dropna() if "zeroshot/limit" in part else pd.Series([])
-        limit = "none" if limits.empty else f"{limits.iloc[0]:g}"
+    conv = first(part, "zeroshot/convention")
+    if conv is not None:
+        limit = first(part, "zeroshot/limit")
+        limit = "none" if limit is None else f"{limit:g}"
         bits.append(f"zero-shot accuracy (%) under the {conv} convention, mean of the seven "
                     f"tasks, limit {limit} docs per task")
     if "model/shape_only" in part and part["model/shape_only"].astype(bool).any():
@@ -42,11 +48,8 @@ def speed_note(part: pd.DataFrame) -> str | None:
     if not backends:
         return None
 
-    def first(col, default):
-        return part[col].dropna().iloc[0] if col in part and part[col].notna().any() else default
-
-    device = first("speed/device", "unrecorded device")
-    prompt, warm, reps = (int(float(first(f"eval.speed.{k}", d)))
+    device = first(part, "speed/device", "unrecorded device")
+    prompt, warm, reps = (int(float(first(part, f"eval.speed.{k}", d)))
                           for k, d in (("prompt_len", 128), ("warmup", 2), ("repeats", 5)))
     return (f"decode ms per generated token at batch 1, {'/'.join(backends)} backend, on "
             f"{device}, after a {prompt}-token prompt, median of {reps} runs after {warm} "
@@ -69,13 +72,14 @@ def eval_overrides(part: pd.DataFrame) -> list[str]:
     from harness.evaluation.config import SpeedConfig
 
     out = []
-    if "zeroshot/limit" in part and part["zeroshot/limit"].notna().any():
-        out.append(f"eval.zeroshot.limit={int(part['zeroshot/limit'].dropna().iloc[0])}")
+    limit = first(part, "zeroshot/limit")
+    if limit is not None:
+        out.append(f"eval.zeroshot.limit={int(limit)}")
     for name, default in asdict(SpeedConfig()).items():
         col = f"eval.speed.{name}"
-        if name == "enabled" or col not in part or part[col].isna().all():
+        value = first(part, col)
+        if name == "enabled" or value is None:
             continue
-        value = part[col].dropna().iloc[0]
         if isinstance(default, list):
             text = str(value).replace(" ", "")
             if text != str(default).replace(" ", ""):
