@@ -343,3 +343,49 @@ def test_invalid_configs_raise():
     WidthPruneConfig(ratio=0.2, align=64).validate(shape_config("llama2_7b_shape"))
     with pytest.raises(ValueError, match="needs calib_ids"):
         prune_width(tiny_model("llama"), cfg_(criterion="taylor"))
+
+
+def test_criteria_registry_drives_calibration_selection_and_cache_key():
+    from harness.pruning import criteria
+    from harness.pruning.api import importance_fields
+
+    names = criteria.names()
+    assert names[:3] == ("random", "l1", "l2") and "flap" in names
+    for name in names:  # a criterion that needs nothing from calibration scores without it
+        crit = criteria.get(name)
+        if crit.needs_calibration:
+            with pytest.raises(ValueError, match="needs calib_ids"):
+                score_groups(tiny_model("llama"), cfg_(criterion=name))
+        else:
+            score_groups(tiny_model("llama"), cfg_(criterion=name))
+    assert [n for n in names if criteria.get(n).joint_selection] == ["flap"]
+    assert criteria.compensates(cfg_(criterion="flap"))
+    assert not criteria.compensates(cfg_(criterion="flap", flap_bias_compensation=False))
+    assert not criteria.compensates(cfg_(criterion="wanda_sp"))
+    # the seed keys random scores only; the size never keys any
+    key = importance_fields(cfg_(criterion="random", seed=1), None)
+    assert key["seed"] == 1 and "unit_ratio" not in key
+    assert "seed" not in importance_fields(cfg_(criterion="taylor"), None)
+    with pytest.raises(ValueError, match="needs unknown"):
+        criteria.WidthCriterion("bad", lambda ctx: None, needs=frozenset({"hessian"}))
+
+
+def test_a_registered_criterion_prunes_and_keys_its_own_fields():
+    from harness.pruning import criteria
+    from harness.pruning.api import importance_fields
+
+    def by_index(ctx):  # keeps the first units: scores rise with the index
+        for (i, kind), (n, _) in ctx.slots().items():
+            getattr(ctx.out, kind)[i] = torch.arange(n, dtype=torch.float64)
+
+    criteria.register(criteria.WidthCriterion("by_index", by_index, key_fields=("align",)))
+    try:
+        model = tiny_model("llama", gqa=False)
+        plan = prune_width(model, cfg_(criterion="by_index", unit_ratio=0.5), IDS)
+        assert plan["layers"][1]["kept_q_heads"] == [2, 3]
+        assert plan["layers"][1]["kept_mlp_channels"] == list(range(64, 128))
+        assert importance_fields(cfg_(criterion="by_index", align=8), None)["align"] == 8
+        with pytest.raises(ValueError, match="registered twice"):
+            criteria.register(criteria.WidthCriterion("by_index", by_index))
+    finally:
+        del criteria.WIDTH_CRITERIA["by_index"]

@@ -14,12 +14,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from harness.pruning import criteria
 from harness.pruning.depth import DepthPruneConfig, prune_depth, score_blocks
 from harness.pruning.width import WidthPruneConfig, prune_width
 from harness.pruning.width_scores import WidthScores, score_groups
-
-WIDTH_KEY_FIELDS = ("criterion", "reduction", "attn_unit", "layer_start", "layer_end",
-                    "prune_attn", "prune_mlp")
 
 
 def importance_fields(cfg, hf_config) -> dict | None:
@@ -31,13 +29,12 @@ def importance_fields(cfg, hf_config) -> dict | None:
                "protect_first": cfg.protect_first, "protect_last": cfg.protect_last}
         if cfg.criterion == "angular":  # window scores depend on the window size
             out["num_remove"] = cfg.num_to_remove(hf_config)
-    elif isinstance(cfg, WidthPruneConfig):
-        out = {"method": "width", **{k: getattr(cfg, k) for k in WIDTH_KEY_FIELDS}}
-    else:
-        return None
-    if cfg.criterion == "random":
-        out["seed"] = cfg.seed
-    return out
+        if cfg.criterion == "random":
+            out["seed"] = cfg.seed
+        return out
+    if isinstance(cfg, WidthPruneConfig):
+        return criteria.cache_fields(cfg)  # each width criterion declares its key fields
+    return None
 
 
 def score(model: torch.nn.Module, cfg, calib: torch.Tensor):

@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from harness.models.params import count_params
+from harness.pruning import criteria
 
 TOL = 0.01  # reach the requested total-param fraction within 1% of total params
 
@@ -121,7 +122,7 @@ def removed_params(geo: Geometry, cfg, n_pruned: int, attn_removed: int, mlp_kep
     """Params removed by these totals, minus biases FLAP compensation adds (upper bound)."""
     dropped = n_pruned * geo.inter - mlp_kept
     rem = attn_removed * geo.unit_params + dropped * geo.channel_params
-    if cfg.criterion == "flap" and cfg.flap_bias_compensation:
+    if criteria.compensates(cfg):
         rem -= (
             n_pruned
             * geo.hidden

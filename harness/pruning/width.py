@@ -7,7 +7,8 @@
 once and pass the result as `scores=` for several ratios (on fresh copies of the model).
 
 Scope `global` ranks attention units across pruned layers and MLP channels across pruned layers
-(counts from the same unit ratio); with `flap` it is FLAP's joint search over per-layer
+(counts from the same unit ratio); with a joint-selection criterion (`flap`, see criteria.py)
+it is FLAP's joint search over per-layer
 standardised scores of both kinds, stopped where removed params best match the target.
 """
 
@@ -20,8 +21,9 @@ from torch import nn
 
 from harness.models.params import count_params
 from harness.models.uneven import record_layer_shapes
+from harness.pruning import criteria
 from harness.pruning import ratio as R
-from harness.pruning.width_scores import CRITERIA, REDUCTIONS, WidthScores, score_groups
+from harness.pruning.width_scores import REDUCTIONS, WidthScores, score_groups
 
 ATTN_UNITS = ("q_head", "kv_group")
 SCOPES = ("uniform", "global")
@@ -54,7 +56,7 @@ class WidthPruneConfig:
 
     def _check_choices(self) -> None:
         for key, choices in (
-            ("criterion", CRITERIA), ("reduction", REDUCTIONS),
+            ("criterion", criteria.names()), ("reduction", REDUCTIONS),
             ("attn_unit", ATTN_UNITS), ("scope", SCOPES),
         ):  # fmt: skip
             if getattr(self, key) not in choices:
@@ -103,9 +105,9 @@ def select_kept(
     if cfg.scope == "uniform":
         n_attn = dict.fromkeys(layers, counts.attn_removed // p)
         n_drop = dict.fromkeys(layers, geo.inter - counts.mlp_kept // p)
-    elif cfg.criterion == "flap":
+    elif criteria.get(cfg.criterion).joint_selection:
         # the first removal of a kind in a layer adds a compensation bias when the layer has none
-        comp = cfg.flap_bias_compensation
+        comp = criteria.compensates(cfg)
         a_bias, m_bias = (
             comp * (not geo.o_bias) * geo.hidden,
             comp * (not geo.down_bias) * geo.hidden,
@@ -234,8 +236,7 @@ def prune_width(
         }
     else:
         plan_layers = select_kept(geo, cfg, scores, counts)
-        compensate = cfg.criterion == "flap" and cfg.flap_bias_compensation
-        apply_width(model, plan_layers, scores, compensate)
+        apply_width(model, plan_layers, scores, criteria.compensates(cfg))
     record_layer_shapes(model)
     after = count_params(model)
     pruned = [plan_layers[i] for i in layers]

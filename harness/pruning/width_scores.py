@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from harness.pruning import criteria
+from harness.pruning.criteria import WidthCriterion, register
 from harness.pruning.grads import streamed_grads
 from harness.pruning.ratio import effective_unit, resolve_layers
 
-CRITERIA = ("random", "l1", "l2", "taylor", "taylor2", "vector", "param_mix", "wanda_sp", "flap")
 REDUCTIONS = ("sum", "mean", "max", "prod")
-GRAD_CRITERIA = ("taylor", "taylor2", "vector", "param_mix")
-ACT_CRITERIA = ("wanda_sp", "flap")
 
 
 @dataclass
@@ -93,8 +92,34 @@ def _reduce(member_scores: list[torch.Tensor], how: str) -> torch.Tensor:
     return s.prod(0)
 
 
+@dataclass
+class ScoringContext:
+    """What a registered scorer gets: fill `out.attn[l]` / `out.mlp[l]` for l in `layers`, kind
+    in `kinds`. `calib` is the [samples, seq] calibration batch (None if none is needed)."""
+
+    model: torch.nn.Module
+    cfg: object
+    calib: torch.Tensor | None
+    layers: list[int]
+    kinds: list[str]
+    unit: str
+    out: WidthScores
+
+    def slots(self) -> dict:
+        """{(layer, kind): (units, members)} for every scored group."""
+        layers = self.model.model.layers
+        return {(i, k): _members(layers[i], k, self.unit) for i in self.layers for k in self.kinds}
+
+    def reduce_into_out(self, member: dict, slots: dict) -> None:
+        """Combine per-member unit scores {((layer, kind), j): tensor} with `cfg.reduction`."""
+        for key, (_, ms) in slots.items():
+            scores = [member[(key, j)] for j in range(len(ms))]
+            getattr(self.out, key[1])[key[0]] = _reduce(scores, self.cfg.reduction)
+
+
 def score_groups(model, cfg, calib_ids: torch.Tensor | None = None) -> WidthScores:
     """Importance of every attention unit and MLP channel in the layers `cfg` prunes."""
+    crit = criteria.get(cfg.criterion)
     layers_all = model.model.layers
     layers = resolve_layers(cfg.layer_start, cfg.layer_end, len(layers_all))
     a0 = layers_all[0].self_attn
@@ -103,42 +128,23 @@ def score_groups(model, cfg, calib_ids: torch.Tensor | None = None) -> WidthScor
     )
     kinds = [k for k, on in (("attn", cfg.prune_attn), ("mlp", cfg.prune_mlp)) if on]
     out = WidthScores(cfg.criterion, cfg.reduction, unit, layers)
-    if cfg.criterion in GRAD_CRITERIA + ACT_CRITERIA:
+    if crit.needs_calibration:
         if calib_ids is None or calib_ids.dim() != 2:
             raise ValueError(
                 f"criterion {cfg.criterion!r} needs calib_ids as a [samples, seq] tensor"
             )
         calib_ids = calib_ids.to(model.get_input_embeddings().weight.device)
         out.calibration = {"num_samples": calib_ids.shape[0], "seq_len": calib_ids.shape[1]}
-    if cfg.criterion == "random":
-        gen = torch.Generator().manual_seed(cfg.seed)
-        for i in layers:
-            for kind in kinds:
-                n, _ = _members(layers_all[i], kind, unit)
-                getattr(out, kind)[i] = torch.rand(n, generator=gen, dtype=torch.float64)
-        return out
-    if cfg.criterion in ACT_CRITERIA:
-        _activation_scores(model, layers, kinds, unit, cfg, calib_ids, out)
-        return out
-    slots = {(i, kind): _members(layers_all[i], kind, unit) for i in layers for kind in kinds}
-    if cfg.criterion in ("l1", "l2"):
-        f = torch.abs if cfg.criterion == "l1" else torch.square
-        with torch.no_grad():
-            member = {
-                (key, j): _per_unit(f(p.detach().float()), axis, n)
-                for key, (n, ms) in slots.items()
-                for j, (p, axis) in enumerate(ms)
-            }
-    else:
-        member = _grad_scores(model, slots, cfg.criterion, calib_ids, out.calibration)
-    for key, (_, ms) in slots.items():
-        scores = [member[(key, j)] for j in range(len(ms))]
-        getattr(out, key[1])[key[0]] = _reduce(scores, cfg.reduction)
+    crit.scorer(ScoringContext(model, cfg, calib_ids, layers, kinds, unit, out))
     return out
 
 
-def _grad_scores(model, slots, criterion, ids, calib_info) -> dict:
-    """Per-member unit scores from gradients, streamed: each hook reduces, then frees p.grad."""
+def _grad_member_scores(model, slots, passes, ids, calib_info) -> dict:
+    """Per-member unit scores from gradients, streamed: each hook reduces, then frees p.grad.
+
+    `passes` = (per-sample mode or None, whole-batch mode or None): per-sample backward passes
+    (`second` sums (w g_i)^2 / n, `fisher` stores F for `mix`) run first, then one backward over
+    the whole batch (`first` |w g|, `vector` |sum w g|, `mix` |w g - 0.5 w^2 F|)."""
     info = {}
     for key, (n, ms) in slots.items():
         for j, (p, axis) in enumerate(ms):
@@ -167,12 +173,13 @@ def _grad_scores(model, slots, criterion, ids, calib_info) -> dict:
 
     losses = []
     with streamed_grads(model, [p for p in model.parameters() if id(p) in info], hook):
-        if criterion in ("taylor2", "param_mix"):
-            state.update(mode="second" if criterion == "taylor2" else "fisher", scale=1 / len(ids))
+        per_sample, whole_batch = passes
+        if per_sample is not None:
+            state.update(mode=per_sample, scale=1 / len(ids))
             for i in range(len(ids)):
                 model(ids[i : i + 1], labels=ids[i : i + 1], use_cache=False).loss.backward()
-        if criterion != "taylor2":
-            state["mode"] = {"taylor": "first", "vector": "vector", "param_mix": "mix"}[criterion]
+        if whole_batch is not None:
+            state["mode"] = whole_batch
             loss = model(ids, labels=ids, use_cache=False).loss
             losses.append(loss.item())
             loss.backward()
@@ -181,8 +188,9 @@ def _grad_scores(model, slots, criterion, ids, calib_info) -> dict:
     return member
 
 
-def _activation_scores(model, layers, kinds, unit, cfg, ids, out: WidthScores) -> None:
-    """wanda_sp / flap from o_proj and down_proj input statistics over all calibration tokens."""
+def _input_statistics(ctx: ScoringContext) -> dict:
+    """{(layer, kind): (tokens, sum x, sum x^2, output projection)} of the inputs of o_proj
+    (attention) and down_proj (MLP), over all calibration tokens, in float64."""
     stats: dict = {}
 
     def make(key):
@@ -196,31 +204,89 @@ def _activation_scores(model, layers, kinds, unit, cfg, ids, out: WidthScores) -
         return pre
 
     mods = {}
-    for i in layers:
-        layer = model.model.layers[i]
-        if "attn" in kinds:
+    for i in ctx.layers:
+        layer = ctx.model.model.layers[i]
+        if "attn" in ctx.kinds:
             mods[(i, "attn")] = layer.self_attn.o_proj
-        if "mlp" in kinds:
+        if "mlp" in ctx.kinds:
             mods[(i, "mlp")] = layer.mlp.down_proj
     handles = [m.register_forward_pre_hook(make(k)) for k, m in mods.items()]
     try:
         with torch.no_grad():
-            model(ids, use_cache=False)
+            ctx.model(ctx.calib, use_cache=False)
     finally:
         for h in handles:
             h.remove()
-    for (i, kind), mod in mods.items():
-        cnt, s1, s2 = stats[(i, kind)]
+    return {key: (*stats[key], mod) for key, mod in mods.items()}
+
+
+def _units(ctx: ScoringContext, i: int, kind: str) -> int:
+    return _members(ctx.model.model.layers[i], kind, ctx.unit)[0]
+
+
+def _wanda_sp_scores(ctx: ScoringContext) -> None:
+    """mean over rows of |W| * ||x_col|| (root mean square over samples), summed per unit."""
+    for (i, kind), (_, _, s2, mod) in _input_statistics(ctx).items():
         w = mod.weight.detach().double()
-        n = _members(model.model.layers[i], kind, unit)[0]
-        if cfg.criterion == "wanda_sp":
-            col = (w.abs() * (s2 / len(ids)).sqrt()).mean(0)
-            getattr(out, kind)[i] = col.reshape(n, -1).sum(1)
-            continue
+        col = (w.abs() * (s2 / len(ctx.calib)).sqrt()).mean(0)
+        getattr(ctx.out, kind)[i] = col.reshape(_units(ctx, i, kind), -1).sum(1)
+
+
+def _flap_scores(ctx: ScoringContext) -> None:
+    """Var(x_col) * ||W_col||^2 (squared for attention), per-layer mean/std, input means."""
+    out = ctx.out
+    for (i, kind), (cnt, s1, s2, mod) in _input_statistics(ctx).items():
+        w = mod.weight.detach().double()
         var = (s2 - s1.square() / cnt) / (cnt - 1)
         col = var * w.square().sum(0)
         if kind == "attn":
             col = col.square()
-        getattr(out, kind)[i] = col.reshape(n, -1).mean(1)
+        getattr(out, kind)[i] = col.reshape(_units(ctx, i, kind), -1).mean(1)
         getattr(out, f"{kind}_stats")[i] = (col.mean().item(), col.std().item())
         getattr(out, f"{kind}_mean_inp")[i] = (s1 / cnt).float()
+
+
+def _random_scores(ctx: ScoringContext) -> None:
+    gen = torch.Generator().manual_seed(ctx.cfg.seed)
+    for (i, kind), (n, _) in ctx.slots().items():
+        getattr(ctx.out, kind)[i] = torch.rand(n, generator=gen, dtype=torch.float64)
+
+
+def _magnitude_scorer(f):
+    def scorer(ctx: ScoringContext) -> None:
+        slots = ctx.slots()
+        with torch.no_grad():
+            member = {
+                (key, j): _per_unit(f(p.detach().float()), axis, n)
+                for key, (n, ms) in slots.items()
+                for j, (p, axis) in enumerate(ms)
+            }
+        ctx.reduce_into_out(member, slots)
+
+    return scorer
+
+
+def _gradient_scorer(per_sample: str | None, whole_batch: str | None):
+    def scorer(ctx: ScoringContext) -> None:
+        slots = ctx.slots()
+        member = _grad_member_scores(ctx.model, slots, (per_sample, whole_batch), ctx.calib,
+                                     ctx.out.calibration)
+        ctx.reduce_into_out(member, slots)
+
+    return scorer
+
+
+for _crit in (
+    WidthCriterion("random", _random_scores, key_fields=("seed",)),
+    WidthCriterion("l1", _magnitude_scorer(torch.abs)),
+    WidthCriterion("l2", _magnitude_scorer(torch.square)),
+    WidthCriterion("taylor", _gradient_scorer(None, "first"), needs=frozenset({"gradients"})),
+    WidthCriterion("taylor2", _gradient_scorer("second", None), needs=frozenset({"fisher"})),
+    WidthCriterion("vector", _gradient_scorer(None, "vector"), needs=frozenset({"gradients"})),
+    WidthCriterion("param_mix", _gradient_scorer("fisher", "mix"),
+                   needs=frozenset({"gradients", "fisher"})),
+    WidthCriterion("wanda_sp", _wanda_sp_scores, needs=frozenset({"activations"})),
+    WidthCriterion("flap", _flap_scores, needs=frozenset({"activations"}),
+                   joint_selection=True, compensates_bias=True),
+):
+    register(_crit)
