@@ -21,7 +21,7 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import register_configs, stage_settings, validate
+from harness.config import apply_size_overrides, register_configs, stage_settings, validate
 from harness.tracking.io import write_json_atomic, write_text_atomic
 from harness.tracking.results import upsert_row
 from harness.tracking.wandb_logger import WandbRun, flatten
@@ -57,7 +57,7 @@ def run_experiment(cfg: DictConfig) -> dict:
     from harness.pipeline import Run, run_key
 
     try:
-        spec = validate(cfg)
+        spec = validate(apply_size_overrides(cfg, HydraConfig.get().overrides.task))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from harness.data.config import DataConfig
@@ -95,6 +96,22 @@ def stage_settings(stage) -> dict:
     """The settings of a prune or recover stage that shape a run's numbers: all of them, or only
     the name of a stage that is switched off (a token budget with recover=none never applied)."""
     return {"name": "none"} if stage.name == "none" else asdict(stage)
+
+
+def apply_size_overrides(cfg: DictConfig, overrides) -> DictConfig:
+    """A pruning size given as an override (command line or sweep) replaces the size the config
+    files set (the group default `ratio: 0.2`, or an experiment's), so `prune=depth
+    prune.num_blocks=8` needs no `prune.ratio=null`. Two sizes given as overrides stay an error:
+    validation names both. `overrides` are Hydra's task overrides of this run."""
+    sizes = getattr(PRUNE_SCHEMAS.get(cfg.prune.name), "SIZE_FIELDS", ())
+    keys = {f"prune.{name}": name for name in sizes}
+    given = {keys[o.key_or_group] for o in OverridesParser.create().parse_overrides(list(overrides))
+             if o.key_or_group in keys and not o.is_delete() and o.value() is not None}
+    if len(given) == 1:
+        for name in sizes:
+            if name not in given:
+                cfg.prune[name] = None
+    return cfg
 
 
 def validate(cfg: DictConfig) -> RunSpec:

@@ -107,3 +107,14 @@ def test_lora_and_cpt_share_one_pruned_model_and_log_their_curves(tiny_dir, text
     assert stages.count("pruned") == 1 and stages.count("recovered") == 2
     assert not (tmp_path / "cache" / "work").exists() or not any((tmp_path / "cache" / "work").iterdir())
     assert ppl["cpt"] < ppl["none"] and ppl["lora"] < ppl["none"]
+
+
+def test_cli_takes_the_block_count_the_user_gives(tiny_dir, text_file, tmp_path):
+    """`prune=depth prune.num_blocks=N` replaces the group's default ratio (no ratio=null)."""
+    cmd = [sys.executable, "-m", "harness", *_prune_overrides(tiny_dir, text_file, tmp_path),
+           "prune=depth", "prune.criterion=magnitude", "prune.protect_first=1",
+           "prune.protect_last=1", "prune.num_blocks=2", f"hydra.run.dir={tmp_path / 'run'}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["prune/num_removed"] == 2

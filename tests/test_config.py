@@ -56,3 +56,42 @@ def test_cli_prints_one_line_error_and_exits_2(tmp_path):
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "unknown model 'gpt9'" in errors[0]
     assert "Loading weights" not in res.stderr
+
+
+def _sized(overrides):
+    """Compose, let the overridden size replace the config files' size, validate."""
+    from harness.config import apply_size_overrides
+
+    return validate(apply_size_overrides(_compose(overrides), overrides))
+
+
+@pytest.mark.parametrize(
+    "overrides, size",
+    [
+        (["prune=depth", "prune.num_blocks=8"], dict(ratio=None, num_blocks=8, blocks=None)),
+        (["prune=depth", "prune.blocks=[5,6]"], dict(ratio=None, num_blocks=None, blocks=[5, 6])),
+        (["prune=depth"], dict(ratio=0.2, num_blocks=None, blocks=None)),  # the group default
+        (["prune=width", "prune.unit_ratio=0.3"], dict(ratio=None, unit_ratio=0.3)),
+        (["prune=width", "prune.ratio=0.35"], dict(ratio=0.35, unit_ratio=None)),
+        # an experiment file's size (num_blocks: 8) gives way to a ratio from the command line
+        (["experiment=criteria_ablation", "prune.ratio=0.1"],
+         dict(ratio=0.1, num_blocks=None, blocks=None)),
+    ],
+)
+def test_the_size_a_user_gives_replaces_the_default_size(overrides, size):
+    prune = _sized(overrides).prune
+    assert {k: getattr(prune, k) for k in size} == size
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["prune=depth", "prune.num_blocks=8", "prune.ratio=0.2"],
+         r"exactly one of prune.ratio, prune.num_blocks, prune.blocks \(got \['ratio', 'num_blocks'\]\)"),
+        (["prune=width", "prune.unit_ratio=0.3", "prune.ratio=0.2"],
+         r"exactly one of prune.ratio .* \(got \['ratio', 'unit_ratio'\]\)"),
+    ],
+)
+def test_two_sizes_given_explicitly_are_an_error_naming_both(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _sized(overrides)

@@ -20,6 +20,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -44,6 +45,8 @@ class DepthPruneConfig:
     `unit` attn/mlp removes only that sublayer of the chosen blocks (counts are then
     sublayers). `protect_first`/`protect_last` blocks are never removed (0 switches off).
     """
+
+    SIZE_FIELDS: ClassVar[tuple[str, ...]] = ("ratio", "num_blocks", "blocks")
 
     name: str = "depth"
     criterion: str = "ppl"

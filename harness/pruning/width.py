@@ -15,6 +15,7 @@ standardised scores of both kinds, stopped where removed params best match the t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -32,6 +33,8 @@ SCOPES = ("uniform", "global")
 @dataclass
 class WidthPruneConfig:
     """Width pruning settings; exactly one of `ratio` (of total params) or `unit_ratio`."""
+
+    SIZE_FIELDS: ClassVar[tuple[str, ...]] = ("ratio", "unit_ratio")
 
     name: str = "width"
     criterion: str = "taylor"
@@ -64,8 +67,10 @@ class WidthPruneConfig:
                     f"width.{key}={getattr(self, key)!r} is unknown; choose from {', '.join(choices)}"
                 )
         if (self.ratio is None) == (self.unit_ratio is None):
+            got = [k for k in self.SIZE_FIELDS if getattr(self, k) is not None]
             raise ValueError(
-                "width pruning needs exactly one of ratio (of total params) or unit_ratio"
+                "width pruning needs exactly one of prune.ratio (of total params) or "
+                f"prune.unit_ratio (got {got})"
             )
         for key in ("ratio", "unit_ratio"):
             v = getattr(self, key)
