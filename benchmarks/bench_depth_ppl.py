@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from harness.pruning.blocks import count_block_forwards  # noqa: E402
+from harness.pruning.blocks import count_block_forwards, decoder_layers  # noqa: E402
 from harness.pruning.depth_scores import candidates, ppl_scores, ppl_scores_naive  # noqa: E402
 
 
@@ -58,7 +58,7 @@ def main(argv=None) -> None:
 
     model, ids, label = load(args)
     cands = candidates(model, args.unit, args.protect_first, args.protect_last)
-    layers = len(model.model.layers)
+    layers = len(decoder_layers(model))
     print(f"model: {label} ({layers} layers, {model.dtype}, {model.device})")
     print(f"calibration: {tuple(ids.shape)}, candidates: {len(cands)} {args.unit}s")
 

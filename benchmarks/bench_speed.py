@@ -24,7 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.evaluation.config import SpeedConfig  # noqa: E402
 from harness.evaluation.speed import benchmark_speed  # noqa: E402
+from harness.models.adapters import adapter_for  # noqa: E402
 from harness.models.params import count_params  # noqa: E402
+from harness.models.uneven import record_layer_shapes  # noqa: E402
+from harness.pruning.blocks import decoder_layers, remove_blocks  # noqa: E402
 
 SHAPES = {
     "llama2_7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
@@ -47,61 +50,34 @@ def build(shape: str, device: str, dtype: torch.dtype) -> nn.Module:
 
 
 def _per_layer_params(model) -> int:
-    return sum(p.numel() for p in model.model.layers[0].parameters())
+    return sum(p.numel() for p in decoder_layers(model)[0].parameters())
 
 
 def depth_prune(model: nn.Module, fraction: float) -> nn.Module:
     """Drop evenly spaced middle layers until ~`fraction` of the total parameters remain."""
-    layers = model.model.layers
+    layers = decoder_layers(model)
     total = count_params(model)["total"]
     n_drop = round((1 - fraction) * total / _per_layer_params(model))
     middle = list(range(1, len(layers) - 1))
     n_drop = max(0, min(n_drop, len(middle)))
     step = len(middle) / max(n_drop, 1)
-    drop = {middle[int(step * i + step / 2)] for i in range(n_drop)}
-    model.model.layers = nn.ModuleList(layer for i, layer in enumerate(layers) if i not in drop)
-    for i, layer in enumerate(model.model.layers):
-        layer.self_attn.layer_idx = i
-    model.config.num_hidden_layers = len(model.model.layers)
-    if getattr(model.config, "layer_types", None):
-        model.config.layer_types = model.config.layer_types[: len(model.model.layers)]
-    return model
-
-
-def _cut(linear: nn.Linear, rows: int | None = None, cols: int | None = None) -> nn.Linear:
-    w = linear.weight.data[:rows, :cols]
-    new = nn.Linear(w.shape[1], w.shape[0], bias=linear.bias is not None)
-    new = new.to(device=w.device, dtype=w.dtype)
-    new.weight.data.copy_(w)
-    if linear.bias is not None:
-        new.bias.data.copy_(linear.bias.data[:rows])
-    return new
+    return remove_blocks(model, {middle[int(step * i + step / 2)] for i in range(n_drop)})
 
 
 def width_prune(model: nn.Module, fraction: float) -> nn.Module:
     """Keep the first heads and MLP channels of every layer: ~`fraction` of total parameters."""
-    cfg = model.config
+    cfg, adapter = model.config, adapter_for(model)
+    layers = adapter.layers(model)
     total, per_layer = count_params(model)["total"], _per_layer_params(model)
-    ratio = (fraction * total - (total - per_layer * len(model.model.layers))) / (
-        per_layer * len(model.model.layers)
-    )
+    ratio = (fraction * total - (total - per_layer * len(layers))) / (per_layer * len(layers))
     ratio = min(max(ratio, 0.05), 1.0)
     groups = cfg.num_attention_heads // cfg.num_key_value_heads
     kv = max(1, round(cfg.num_key_value_heads * ratio))
     heads, channels = kv * groups, max(8, round(cfg.intermediate_size * ratio / 8) * 8)
-    for layer in model.model.layers:
-        attn, mlp = layer.self_attn, layer.mlp
-        hd = attn.head_dim
-        attn.q_proj = _cut(attn.q_proj, rows=heads * hd)
-        attn.k_proj = _cut(attn.k_proj, rows=kv * hd)
-        attn.v_proj = _cut(attn.v_proj, rows=kv * hd)
-        attn.o_proj = _cut(attn.o_proj, cols=heads * hd)
-        attn.num_key_value_groups = groups
-        mlp.gate_proj = _cut(mlp.gate_proj, rows=channels)
-        mlp.up_proj = _cut(mlp.up_proj, rows=channels)
-        mlp.down_proj = _cut(mlp.down_proj, cols=channels)
-    cfg.head_dim = hd
-    cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size = heads, kv, channels
+    for layer in layers:
+        adapter.prune_attention(layer, range(heads), range(kv))
+        adapter.prune_mlp(layer, range(channels))
+    record_layer_shapes(model)  # uniform: the stock config fields
     return model
 
 

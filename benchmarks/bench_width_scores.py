@@ -21,8 +21,9 @@ import time
 import psutil
 import torch
 
+from harness.models.adapters import adapter_for
 from harness.pruning.width import WidthPruneConfig
-from harness.pruning.width_scores import _members, score_groups
+from harness.pruning.width_scores import score_groups
 
 
 class PeakMemory:
@@ -66,14 +67,15 @@ def naive_taylor(model, cfg, ids) -> None:
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
         model(ids, labels=ids, use_cache=False).loss.backward()
-    layers = model.model.layers
+    adapter = adapter_for(model)
+    layers = adapter.layers(model)
     start = cfg.layer_start % len(layers)
     for i in range(start, cfg.layer_end % len(layers)):
         for kind in ("attn", "mlp"):
-            n, ms = _members(layers[i], kind, cfg.attn_unit)
-            for p, axis in ms:
-                s = (p.detach() * p.grad).abs().float()
-                (s.sum(1 - axis) if s.dim() == 2 else s).reshape(n, -1).sum(1)
+            n, ms = adapter.members(layers[i], kind, cfg.attn_unit)
+            for m in ms:
+                s = m.take((m.param.detach() * m.param.grad).abs().float())
+                (s.sum(1 - m.axis) if s.dim() == 2 else s).reshape(n, -1).sum(1)
     model.zero_grad(set_to_none=True)
 
 

@@ -7,9 +7,10 @@ as they really are.
 FLOPs count matrix multiplications only (one multiply-add = 2 FLOPs); norms, activations,
 softmax, residual adds, biases and RoPE are left out:
 
-- every `nn.Linear` (q/k/v/o, gate/up/down, LoRA A/B, the LM head): `2 * in * out` per token
+- every `nn.Linear` (q/k/v/o, gate/up/down, fused or not, LoRA A/B, the LM head):
+  `2 * in * out` per token
 - attention, per layer and token at context length `ctx`: `QK^T` and `PV` are
-  `2 * 2 * n_q_heads * head_dim * ctx`, with `n_q_heads * head_dim = q_proj.out_features`
+  `2 * 2 * n_q_heads * head_dim * ctx` (the adapter gives each layer's query width)
 
 `flops_per_token(model, seq_len)` is the average per token of a forward over `seq_len` tokens with
 dense (unmasked-cost) attention kernels, so `batch * seq_len * flops_per_token(model, seq_len)`
@@ -22,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from harness.models.adapters import adapter_for
 from harness.models.params import count_params
 
 
@@ -50,17 +52,21 @@ def decode_weight_bytes(model: nn.Module) -> int:
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
-    """The self-attention module of every decoder layer (anything with q/k/v projections)."""
-    return [
-        m for m in model.modules() if all(hasattr(m, a) for a in ("q_proj", "k_proj", "v_proj"))
-    ]
+    """The self-attention module of every decoder layer that still has one."""
+    adapter = adapter_for(model)
+    return [adapter.attention(layer) for layer in adapter.layers(model)
+            if adapter.has(layer, "attn")]
 
 
-def _out_features(linear: nn.Module) -> int:
-    # peft LoRA layers expose `out_features` too; fall back to the weight's shape.
-    if hasattr(linear, "out_features"):
-        return int(linear.out_features)
-    return int(linear.weight.shape[0])
+def _attention_dims(model: nn.Module) -> list[tuple[int, int]]:
+    """(query width n_q * head_dim, K+V width 2 * n_kv * head_dim) of every attention."""
+    adapter = adapter_for(model)
+    out = []
+    for layer in adapter.layers(model):
+        if adapter.has(layer, "attn"):
+            p = adapter.pieces(layer)
+            out.append((p["q"].size, p["k"].size + p["v"].size))
+    return out
 
 
 def kv_cache_bytes(
@@ -69,9 +75,7 @@ def kv_cache_bytes(
     """Bytes of the K and V cache at `context` tokens: 2 * sum_layers(kv_dim) * ctx * batch * b."""
     if dtype_bytes is None:
         dtype_bytes = next(model.parameters()).element_size()
-    kv_dim = sum(
-        _out_features(a.k_proj) + _out_features(a.v_proj) for a in attention_modules(model)
-    )
+    kv_dim = sum(kv for _, kv in _attention_dims(model))
     return kv_dim * context * batch * dtype_bytes
 
 
@@ -93,8 +97,8 @@ def flops_breakdown(model: nn.Module, seq_len: int) -> dict[str, int]:
             parts["attn_proj"] += flops
         else:
             parts["mlp"] += flops
-    for a in attn:
-        parts["attention"] += 2 * 2 * _out_features(a.q_proj) * seq_len
+    for q_dim, _ in _attention_dims(model):
+        parts["attention"] += 2 * 2 * q_dim * seq_len
     return parts
 
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from harness.models.adapters import adapter_for, check_supported
 from harness.models.shapes import SHAPES, shape_config
 
 EMBEDDED = ("smollm2_135m",)
-ARCHITECTURES = ("llama", "mistral", "qwen2")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -78,7 +78,9 @@ def load_hf_config(cfg: ModelConfig):
     """The model's transformers config, without loading weights (for config-time validation)."""
     if cfg.shape_only:
         return shape_config(cfg.name)
-    return AutoConfig.from_pretrained(model_source(cfg), trust_remote_code=cfg.trust_remote_code)
+    config = AutoConfig.from_pretrained(model_source(cfg), trust_remote_code=cfg.trust_remote_code)
+    check_supported(config.model_type)
+    return config
 
 
 def load_model(cfg: ModelConfig | str) -> tuple[torch.nn.Module, object | None]:
@@ -95,20 +97,15 @@ def load_model(cfg: ModelConfig | str) -> tuple[torch.nn.Module, object | None]:
             model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
         return model.eval(), None
     source = model_source(cfg)
-    hf_config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
-    if hf_config.model_type not in ARCHITECTURES:
-        raise ValueError(
-            f"unsupported architecture {hf_config.model_type!r}; supported: {ARCHITECTURES}"
-        )
+    hf_config = load_hf_config(cfg)
+    attn = adapter_for(hf_config).attn_implementation(hf_config, cfg.attn_implementation)
     if _needs_harness_skeleton(hf_config):
         from harness.models.uneven import load_uneven
 
-        model = load_uneven(source, dtype=dtype, attn_implementation=cfg.attn_implementation)
+        model = load_uneven(source, dtype=dtype, attn_implementation=attn)
     else:
         model = AutoModelForCausalLM.from_pretrained(
-            source,
-            dtype=dtype,
-            attn_implementation=cfg.attn_implementation,
+            source, dtype=dtype, attn_implementation=attn,
             trust_remote_code=cfg.trust_remote_code,
         )
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)

@@ -19,45 +19,32 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 from transformers.initialization import no_init_weights
+
+from harness.models.adapters import adapter_for
 
 KEY = "harness_layer_shapes"
 
 
-def layer_shape(layer, config=None) -> dict:
-    a, m = layer.self_attn, layer.mlp
-    if not hasattr(a, "q_proj") or not hasattr(m, "gate_proj"):  # a depth-pruned sublayer
+def layer_shape(layer, config, adapter) -> dict:
+    """The `harness_layer_shapes` entry of a layer (the config's shape for a layer whose
+    attention or MLP was removed by depth pruning)."""
+    if not (adapter.has(layer, "attn") and adapter.has(layer, "mlp")):
         return _config_shape(config)
-    return {
-        "num_attention_heads": a.q_proj.out_features // a.head_dim,
-        "num_key_value_heads": a.k_proj.out_features // a.head_dim,
-        "intermediate_size": m.gate_proj.out_features,
-        "o_bias": a.o_proj.bias is not None,
-        "down_bias": m.down_proj.bias is not None,
-    }
+    return adapter.shape(layer).as_config()
 
 
 def _config_shape(config) -> dict:
-    o_bias, down_bias = _stock_biases(config)
-    return {
-        "num_attention_heads": config.num_attention_heads,
-        "num_key_value_heads": config.num_key_value_heads,
-        "intermediate_size": config.intermediate_size,
-        "o_bias": o_bias,
-        "down_bias": down_bias,
-    }
-
-
-def _stock_biases(config) -> tuple[bool, bool]:
-    """(o_proj has bias, down_proj has bias) in a model built from this config."""
+    """The shape entry of a layer built from this config (on the meta device, no weights)."""
     cfg = copy.deepcopy(config)
-    if hasattr(cfg, KEY):
-        delattr(cfg, KEY)
+    for key in (KEY, "harness_skip_attn", "harness_skip_mlp"):
+        if hasattr(cfg, key):
+            delattr(cfg, key)
     with torch.device("meta"):
-        layer = AutoModelForCausalLM.from_config(cfg).model.layers[0]
-    return layer.self_attn.o_proj.bias is not None, layer.mlp.down_proj.bias is not None
+        model = AutoModelForCausalLM.from_config(cfg)
+    adapter = adapter_for(model)
+    return adapter.shape(adapter.layers(model)[0]).as_config()
 
 
 def is_uneven(config) -> bool:
@@ -66,15 +53,13 @@ def is_uneven(config) -> bool:
 
 def record_layer_shapes(model) -> bool:
     """Describe the model's (possibly pruned) layer shapes in its config; True if uneven."""
-    cfg = model.config
-    layers = model.model.layers
+    cfg, adapter = model.config, adapter_for(model)
     cfg.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    shapes = [layer_shape(layer, cfg) for layer in layers]
-    o_bias, down_bias = _stock_biases(cfg)
+    shapes = [layer_shape(layer, cfg, adapter) for layer in adapter.layers(model)]
+    stock = _config_shape(cfg)
     first = shapes[0]
     if all(s == first for s in shapes) and (first["o_bias"], first["down_bias"]) == (
-        o_bias,
-        down_bias,
+        stock["o_bias"], stock["down_bias"]
     ):
         cfg.num_attention_heads = first["num_attention_heads"]
         cfg.num_key_value_heads = first["num_key_value_heads"]
@@ -84,32 +69,6 @@ def record_layer_shapes(model) -> bool:
         return False
     setattr(cfg, KEY, shapes)
     return True
-
-
-def _linear(
-    lin: nn.Linear, out_f: int | None = None, in_f: int | None = None, bias=None
-) -> nn.Linear:
-    """An empty (meta) Linear replacing `lin` with new sizes; bias kept unless given."""
-    bias = lin.bias is not None if bias is None else bias
-    out_f, in_f = out_f or lin.out_features, in_f or lin.in_features
-    return nn.Linear(in_f, out_f, bias=bias, device="meta", dtype=lin.weight.dtype)
-
-
-def _reshape_layer(layer, s: dict) -> None:
-    a, m = layer.self_attn, layer.mlp
-    hd = a.head_dim
-    nq, nkv, inter = s["num_attention_heads"], s["num_key_value_heads"], s["intermediate_size"]
-    if nq % nkv:
-        raise ValueError(f"layer shape {s} has {nq} query heads, not a multiple of {nkv} KV heads")
-    a.q_proj = _linear(a.q_proj, out_f=nq * hd)
-    a.k_proj = _linear(a.k_proj, out_f=nkv * hd)
-    a.v_proj = _linear(a.v_proj, out_f=nkv * hd)
-    a.o_proj = _linear(a.o_proj, in_f=nq * hd, bias=s["o_bias"])
-    a.num_key_value_groups = nq // nkv
-    m.gate_proj = _linear(m.gate_proj, out_f=inter)
-    m.up_proj = _linear(m.up_proj, out_f=inter)
-    m.down_proj = _linear(m.down_proj, in_f=inter, bias=s["down_bias"])
-    m.intermediate_size = inter
 
 
 def build_skeleton(
@@ -124,8 +83,9 @@ def build_skeleton(
     with no_init_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, **kw)
     model.tie_weights()  # no_init_weights skips tying
-    for layer, s in zip(model.model.layers, shapes or [], strict=False):
-        _reshape_layer(layer, s)
+    adapter = adapter_for(model)
+    for layer, s in zip(adapter.layers(model), shapes or [], strict=False):
+        adapter.resize(layer, s)
     if any(getattr(config, k, None) for k in ("harness_skip_attn", "harness_skip_mlp")):
         from harness.pruning.blocks import apply_sublayer_skips  # depth-pruned sublayers
 

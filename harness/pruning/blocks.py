@@ -1,15 +1,17 @@
-"""Skipping and removing the decoder blocks of a Llama-family causal LM.
+"""Skipping and removing the decoder blocks of a causal LM (any family with an adapter).
 
 `skip_blocks` / `skip_sublayer` take a block or sublayer out for the duration of a `with`;
 `remove_blocks` / `remove_sublayers` take them out for good. `count_block_forwards` counts
 decoder-layer calls, so the cost of a criterion can be measured.
 
 A removed sublayer is stood in for by a parameter-free module that adds zero to the residual
-(`SkippedAttention`, `SkippedMLP`), with its pre-norm replaced by `nn.Identity`; the removed
-indices live in `config.harness_skip_attn` / `config.harness_skip_mlp`. A stock HF class cannot
-rebuild that, so such checkpoints load through `load_depth_pruned` (a skeleton from
-`build_skeleton_from_config`, then a strict state-dict load). Block removal needs nothing of
-this: the result is a stock model with fewer layers.
+(`SkippedAttention`, `SkippedMLP`), with the norms that belong to it (its pre-norm, and on
+sandwich-norm families its post-norm, which maps zero to zero) replaced by `nn.Identity`; the
+adapter says which norms those are. The removed indices live in `config.harness_skip_attn` /
+`config.harness_skip_mlp`. A stock HF class cannot rebuild that, so such checkpoints load
+through `load_depth_pruned` (a skeleton from `build_skeleton_from_config`, then a strict
+state-dict load). Block removal needs nothing of this: the result is a stock model with fewer
+layers (and per-layer config lists such as `layer_types` cut to match).
 """
 
 from __future__ import annotations
@@ -21,58 +23,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from harness.models.adapters import adapter_for
+from harness.models.adapters.base import SkippedAttention, SkippedMLP  # noqa: F401 - re-exported
+
 UNITS = ("block", "attn", "mlp")
 SKIP_KEYS = {"attn": "harness_skip_attn", "mlp": "harness_skip_mlp"}  # config keys, per unit
-_UNIT_ATTRS = {"attn": ("self_attn", "input_layernorm"), "mlp": ("mlp", "post_attention_layernorm")}
-
-
-class SkippedAttention(nn.Module):
-    """A removed self-attention: no parameters, no KV cache, adds nothing to the residual."""
-
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        return torch.zeros_like(hidden_states), None
-
-
-class SkippedMLP(nn.Module):
-    """A removed MLP: no parameters, adds nothing to the residual."""
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(hidden_states)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    return model.model.layers
-
-
-def has_sublayer(layer: nn.Module, unit: str) -> bool:
-    """Whether the block still has its `unit` ("attn"/"mlp"; "block" is always present)."""
-    if unit == "attn":
-        return not isinstance(layer.self_attn, SkippedAttention)
-    if unit == "mlp":
-        return not isinstance(layer.mlp, SkippedMLP)
-    return True
-
-
-def unit_modules(layer: nn.Module, unit: str) -> list[nn.Module]:
-    """The modules whose parameters a unit owns (a sublayer owns its pre-norm)."""
-    return [getattr(layer, name) for name in _UNIT_ATTRS[unit]] if unit != "block" else [layer]
-
-
-def replace_sublayer(layer: nn.Module, unit: str) -> None:
-    """Swap a block's attention or MLP (and its pre-norm) for parameter-free stand-ins."""
-    if unit == "attn":
-        layer.self_attn, layer.input_layernorm = SkippedAttention(), nn.Identity()
-    elif unit == "mlp":
-        layer.mlp, layer.post_attention_layernorm = SkippedMLP(), nn.Identity()
-    else:
-        raise ValueError(f"unit must be attn or mlp, got {unit!r}")
+    return adapter_for(model).layers(model)
 
 
 def renumber_cache_indices(model: nn.Module) -> None:
     """Give the remaining attention modules contiguous `layer_idx` (their KV-cache slots)."""
-    slot = 0
-    for layer in decoder_layers(model):
-        if not has_sublayer(layer, "attn"):
+    slot, adapter = 0, adapter_for(model)
+    for layer in adapter.layers(model):
+        if not adapter.has(layer, "attn"):
             continue
         for module in layer.modules():
             if hasattr(module, "layer_idx"):
@@ -80,31 +46,40 @@ def renumber_cache_indices(model: nn.Module) -> None:
         slot += 1
 
 
+def _cut_layers(model: nn.Module, keep: list[int]) -> None:
+    """Keep only the blocks `keep`, in the layer list and in per-layer config lists."""
+    adapter, cfg = adapter_for(model), model.config
+    backbone = adapter.backbone(model)
+    backbone.layers = nn.ModuleList([backbone.layers[i] for i in keep])
+    cfg.num_hidden_layers = len(keep)
+    for key in adapter.per_layer_config:
+        if getattr(cfg, key, None) is not None:
+            setattr(cfg, key, [getattr(cfg, key)[i] for i in keep])
+
+
 @contextmanager
 def skip_blocks(model: nn.Module, indices):
-    """Temporarily drop blocks from the layer list (and from `config.layer_types`)."""
-    drop = set(indices)
-    base, cfg = model.model, model.config
-    old_layers, old_n = base.layers, cfg.num_hidden_layers
-    old_types = getattr(cfg, "layer_types", None)
-    keep = [i for i in range(len(old_layers)) if i not in drop]
-    base.layers = nn.ModuleList([old_layers[i] for i in keep])
-    cfg.num_hidden_layers = len(keep)
-    if old_types is not None:
-        cfg.layer_types = [old_types[i] for i in keep]
+    """Temporarily drop blocks from the layer list (and from per-layer config lists)."""
+    drop, cfg = set(indices), model.config
+    backbone = adapter_for(model).backbone(model)
+    saved = (backbone.layers, cfg.num_hidden_layers,
+             {k: getattr(cfg, k) for k in adapter_for(model).per_layer_config if hasattr(cfg, k)})
+    _cut_layers(model, [i for i in range(len(backbone.layers)) if i not in drop])
     try:
         yield
     finally:
-        base.layers, cfg.num_hidden_layers = old_layers, old_n
-        if old_types is not None:
-            cfg.layer_types = old_types
+        backbone.layers, cfg.num_hidden_layers = saved[0], saved[1]
+        for key, value in saved[2].items():
+            setattr(cfg, key, value)
 
 
 @contextmanager
-def skip_sublayer(layer: nn.Module, unit: str):
-    """Temporarily replace one block's attention or MLP by its zero stand-in."""
-    saved = {name: getattr(layer, name) for name in _UNIT_ATTRS[unit]}
-    replace_sublayer(layer, unit)
+def skip_sublayer(model: nn.Module, index: int, unit: str):
+    """Temporarily replace block `index`'s attention or MLP (and its norms) by a zero stand-in."""
+    adapter = adapter_for(model)
+    layer = adapter.layers(model)[index]
+    saved = {name: getattr(layer, name) for name in adapter.sublayer_names(unit)}
+    adapter.remove_sublayer(layer, unit)
     try:
         yield
     finally:
@@ -119,10 +94,7 @@ def remove_blocks(model, indices) -> nn.Module:
     if any(not 0 <= i < len(layers) for i in drop):
         raise ValueError(f"block indices {sorted(drop)} out of range for {len(layers)} layers")
     keep = [i for i in range(len(layers)) if i not in drop]
-    model.model.layers = nn.ModuleList([layers[i] for i in keep])
-    cfg.num_hidden_layers = len(keep)
-    if getattr(cfg, "layer_types", None) is not None:
-        cfg.layer_types = [cfg.layer_types[i] for i in keep]
+    _cut_layers(model, keep)
     for key in SKIP_KEYS.values():
         if getattr(cfg, key, None):
             setattr(cfg, key, [keep.index(i) for i in getattr(cfg, key) if i in keep])
@@ -141,11 +113,12 @@ def remove_sublayers(model, indices, unit: str) -> nn.Module:
 
 def apply_sublayer_skips(model) -> nn.Module:
     """Make the modules match `config.harness_skip_attn/mlp` (idempotent), renumber KV slots."""
-    layers = decoder_layers(model)
+    adapter = adapter_for(model)
+    layers = adapter.layers(model)
     for unit, key in SKIP_KEYS.items():
         for i in getattr(model.config, key, None) or []:
-            if has_sublayer(layers[i], unit):
-                replace_sublayer(layers[i], unit)
+            if adapter.has(layers[i], unit):
+                adapter.remove_sublayer(layers[i], unit)
     renumber_cache_indices(model)
     return model
 
@@ -220,7 +193,7 @@ def final_hidden(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     out = []
     handle = decoder_layers(model)[-1].register_forward_hook(lambda _m, _a, o: out.append(o))
     try:
-        model.model(input_ids=ids.to(model.device), use_cache=False)
+        adapter_for(model).backbone(model)(input_ids=ids.to(model.device), use_cache=False)
     finally:
         handle.remove()
     return out[0]

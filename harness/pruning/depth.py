@@ -14,6 +14,7 @@ with `load_depth_pruned(dir)` (skeleton from `build_skeleton_from_config`, stric
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from typing import ClassVar
 
 import torch
 
+from harness.models.adapters import adapter_for
 from harness.models.params import count_params
 from harness.pruning.blocks import (  # noqa: F401 - removal and loading re-exported here
     SKIP_KEYS,
@@ -135,33 +137,39 @@ class DepthPruneConfig:
             )
 
 
-def _head_dim(c) -> int:
-    return getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+_COUNTS: dict[str, dict[str, int]] = {}
+
+
+def _param_counts(hf_config) -> dict[str, int]:
+    """Parameter counts read off a model built on the meta device (no weights, any family):
+    one dense block and its attention / MLP sublayer (with the norms each owns), and the
+    total as `count_params` counts it (tied embeddings once, skipped sublayers left out)."""
+    key = hf_config.to_json_string()
+    if key not in _COUNTS:
+        dense = copy.deepcopy(hf_config)
+        for k in SKIP_KEYS.values():
+            if hasattr(dense, k):
+                delattr(dense, k)
+        with torch.device("meta"):
+            model = build_skeleton_from_config(dense)
+        adapter = adapter_for(model)
+        layer = adapter.layers(model)[0]
+        counts = {unit: sum(p.numel() for m in adapter.unit_modules(layer, unit)
+                            for p in m.parameters()) for unit in UNITS}
+        model.config = hf_config
+        apply_sublayer_skips(model)
+        _COUNTS[key] = {**counts, "total": count_params(model)["total"]}
+    return _COUNTS[key]
 
 
 def unit_params(hf_config, unit: str = "block") -> int:
-    """Parameters of one block, or of one attention / MLP sublayer with its pre-norm."""
-    c, d = hf_config, hf_config.hidden_size
-    q, kv = c.num_attention_heads * _head_dim(c), c.num_key_value_heads * _head_dim(c)
-    attn = 2 * d * q + 2 * d * kv + d  # q, o, k, v, input_layernorm
-    if c.model_type == "qwen2":
-        attn += q + 2 * kv  # q/k/v biases
-    elif getattr(c, "attention_bias", False):
-        attn += q + 2 * kv + d
-    mlp = 3 * d * c.intermediate_size + d  # gate, up, down, post_attention_layernorm
-    if getattr(c, "mlp_bias", False):
-        mlp += 2 * c.intermediate_size + d
-    return {"block": attn + mlp, "attn": attn, "mlp": mlp}[unit]
+    """Parameters of one block, or of one attention / MLP sublayer with its norms."""
+    return _param_counts(hf_config)[unit]
 
 
 def total_params(hf_config) -> int:
     """All parameters (tied embeddings once), sublayers already skipped left out."""
-    c = hf_config
-    emb = c.vocab_size * c.hidden_size * (1 if c.tie_word_embeddings else 2)
-    total = c.num_hidden_layers * unit_params(c) + emb + c.hidden_size
-    for unit, key in SKIP_KEYS.items():
-        total -= len(getattr(c, key, None) or []) * unit_params(c, unit)
-    return total
+    return _param_counts(hf_config)["total"]
 
 
 def score_blocks(model, cfg: DepthPruneConfig, calib: torch.Tensor, num_remove: int | None = None):

@@ -32,14 +32,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from harness.models.adapters import adapter_for
 from harness.pruning.blocks import (
     count_block_forwards,  # noqa: F401 - re-exported for callers measuring cost
     decoder_layers,
     final_hidden,
-    has_sublayer,
     skip_blocks,
     skip_sublayer,
-    unit_modules,
 )
 from harness.pruning.grads import streamed_grads
 
@@ -62,7 +61,8 @@ class Trace:
 def dense_trace(model: nn.Module, ids: torch.Tensor, mids: bool = True) -> Trace:
     """Run the model once and record every block boundary (without the KV cache);
     `mids=False` leaves out the post-attention states, to save memory."""
-    trace, layers, handles = Trace(), decoder_layers(model), []
+    adapter = adapter_for(model)
+    trace, layers, handles = Trace(), adapter.layers(model), []
 
     def block_in(_m, args, kwargs):
         trace.hidden.append(args[0] if args else kwargs["hidden_states"])
@@ -74,10 +74,10 @@ def dense_trace(model: nn.Module, ids: torch.Tensor, mids: bool = True) -> Trace
     for layer in layers:
         handles.append(layer.register_forward_pre_hook(block_in, with_kwargs=True))
         if mids:
-            handles.append(layer.post_attention_layernorm.register_forward_pre_hook(mid_in))
+            handles.append(adapter.mid_module(layer).register_forward_pre_hook(mid_in))
     handles.append(layers[-1].register_forward_hook(lambda _m, _a, out: trace.hidden.append(out)))
     try:
-        model.model(input_ids=ids.to(model.device), use_cache=False)
+        adapter.backbone(model)(input_ids=ids.to(model.device), use_cache=False)
     finally:
         for h in handles:
             h.remove()
@@ -96,10 +96,10 @@ def run_from(model: nn.Module, trace: Trace, start: int, hidden: torch.Tensor) -
 def lm_loss(model: nn.Module, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy from the last block's output (final norm, LM head),
     one sample at a time so that only one sample's logits are ever held."""
-    ids = ids.to(hidden.device)
+    ids, adapter = ids.to(hidden.device), adapter_for(model)
     total = hidden.new_zeros((), dtype=torch.float32)
     for h, y in zip(hidden, ids, strict=True):
-        logits = model.lm_head(model.model.norm(h[:-1])).float()
+        logits = adapter.logits(model, h[:-1]).float()
         total = total + F.cross_entropy(logits, y[1:], reduction="sum")
     return total / (ids.shape[0] * (ids.shape[1] - 1))
 
@@ -110,9 +110,10 @@ def perplexity(model: nn.Module, hidden: torch.Tensor, ids: torch.Tensor) -> flo
 
 def candidates(model, unit: str, protect_first: int, protect_last: int) -> list[int]:
     """Unprotected blocks that still have the `unit` to remove."""
-    layers = decoder_layers(model)
+    adapter = adapter_for(model)
+    layers = adapter.layers(model)
     hi = len(layers) - protect_last
-    return [i for i in range(protect_first, hi) if has_sublayer(layers[i], unit)]
+    return [i for i in range(protect_first, hi) if adapter.has(layers[i], unit)]
 
 
 @torch.no_grad()
@@ -126,7 +127,7 @@ def ppl_scores(model, ids, cands, unit: str = "block") -> dict[int, float]:
         elif unit == "mlp":
             hidden = trace.mid[i]  # block i without its MLP ends at the post-attention residual
         else:
-            with skip_sublayer(layers[i], unit):
+            with skip_sublayer(model, i, unit):
                 hidden = layers[i](trace.hidden[i], **trace.kwargs[i])
         scores[i] = perplexity(model, run_from(model, trace, i + 1, hidden), ids)
     return scores
@@ -135,18 +136,19 @@ def ppl_scores(model, ids, cands, unit: str = "block") -> dict[int, float]:
 @torch.no_grad()
 def ppl_scores_naive(model, ids, cands, unit: str = "block") -> dict[int, float]:
     """Reference for `ppl_scores`: one full forward per candidate, with it skipped."""
-    layers, scores = decoder_layers(model), {}
+    scores = {}
     for i in tqdm(cands, desc=f"ppl criterion, naive ({unit})", leave=False):
-        ctx = skip_blocks(model, [i]) if unit == "block" else skip_sublayer(layers[i], unit)
+        ctx = skip_blocks(model, [i]) if unit == "block" else skip_sublayer(model, i, unit)
         with ctx:
             hidden = final_hidden(model, ids)
         scores[i] = perplexity(model, hidden, ids)
     return scores
 
 
-def _unit_params(layer, unit: str, weights_only: bool = False) -> list[torch.nn.Parameter]:
+def _unit_params(model, i: int, unit: str, weights_only: bool = False) -> list[nn.Parameter]:
+    adapter = adapter_for(model)
     seen, out = set(), []
-    for module in unit_modules(layer, unit):
+    for module in adapter.unit_modules(adapter.layers(model)[i], unit):
         for name, p in module.named_parameters():
             if weights_only and name.endswith("bias"):
                 continue
@@ -159,8 +161,7 @@ def _unit_params(layer, unit: str, weights_only: bool = False) -> list[torch.nn.
 def taylor_scores(model, ids, cands, unit: str = "block") -> dict[int, float]:
     """sum |w * dL/dw| over each candidate's weights (norms included, biases left out, as in
     Shortened LLaMA's code), accumulated by post-accumulate-grad hooks."""
-    layers = decoder_layers(model)
-    groups = {i: _unit_params(layers[i], unit, weights_only=True) for i in cands}
+    groups = {i: _unit_params(model, i, unit, weights_only=True) for i in cands}
     owner = {id(p): i for i, params in groups.items() for p in params}
     sums = {i: torch.zeros((), dtype=torch.float64, device=model.device) for i in cands}
 
@@ -175,10 +176,9 @@ def taylor_scores(model, ids, cands, unit: str = "block") -> dict[int, float]:
 @torch.no_grad()
 def magnitude_scores(model, cands, unit: str = "block") -> dict[int, float]:
     """sqrt(sum of squared Frobenius norms) of each candidate's weight matrices."""
-    layers = decoder_layers(model)
     scores = {}
     for i in cands:
-        sq = sum(p.double().pow(2).sum() for p in _unit_params(layers[i], unit) if p.dim() >= 2)
+        sq = sum(p.double().pow(2).sum() for p in _unit_params(model, i, unit) if p.dim() >= 2)
         scores[i] = math.sqrt(float(sq))
     return scores
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForCausalLM
 
+from harness.models.adapters import adapter_for
 from harness.models.params import count_params
 from harness.pruning import criteria
 
@@ -39,7 +40,9 @@ def effective_unit(attn_unit: str, n_q: int, n_kv: int) -> str:
 
 @dataclass(frozen=True)
 class Geometry:
-    """Shapes shared by all decoder layers, plus the model's total parameter count."""
+    """Shapes shared by all decoder layers, the parameters one unit removes (read off the
+    adapter's members, so fused weights, biases and head-spanning norms count), and the
+    model's total parameter count."""
 
     n_layers: int
     hidden: int
@@ -47,25 +50,30 @@ class Geometry:
     n_kv: int
     head_dim: int
     inter: int
-    qkv_bias: bool
     o_bias: bool
-    gate_up_bias: bool
     down_bias: bool
+    unit_params: int  # one attention unit: a KV group, or a q_head slot (one head per group)
+    channel_params: int  # one MLP channel
     total: int
     unit: str  # effective attention unit
 
     @classmethod
     def from_model(cls, model, attn_unit: str) -> Geometry:
-        layers = model.model.layers
-        shapes = {_layer_shape(layer) for layer in layers}
+        adapter = adapter_for(model)
+        layers = adapter.layers(model)
+        shapes = {adapter.shape(layer) for layer in layers}
         if len(shapes) != 1:
             raise ValueError(
                 "model layers have different shapes; width pruning needs a dense model"
             )
-        hidden, n_q, n_kv, hd, inter, qkv_b, o_b, gu_b, d_b = shapes.pop()
-        unit = effective_unit(attn_unit, n_q, n_kv)
-        total = count_params(model)["total"]
-        return cls(len(layers), hidden, n_q, n_kv, hd, inter, qkv_b, o_b, gu_b, d_b, total, unit)
+        s = shapes.pop()
+        unit = effective_unit(attn_unit, s.n_q, s.n_kv)
+        per_group = _params_per_unit(adapter, layers[0], "attn", "kv_group")
+        per_head = _params_per_unit(adapter, layers[0], "attn", "q_head")
+        unit_params = per_group if unit == "kv_group" else s.n_kv * per_head
+        channel = _params_per_unit(adapter, layers[0], "mlp", unit)
+        return cls(len(layers), s.hidden, s.n_q, s.n_kv, s.head_dim, s.inter, s.o_bias,
+                   s.down_bias, unit_params, channel, count_params(model)["total"], unit)
 
     @classmethod
     def from_config(cls, hf_config, attn_unit: str) -> Geometry:
@@ -82,26 +90,10 @@ class Geometry:
     def n_units(self) -> int:
         return self.n_kv if self.unit == "kv_group" else self.group
 
-    @property
-    def unit_params(self) -> int:
-        """Params of one attention unit: q rows (+bias) and o columns, k/v rows for a KV group."""
-        heads, kvs = (self.group, 1) if self.unit == "kv_group" else (self.n_kv, 0)
-        hd, h, b = self.head_dim, self.hidden, int(self.qkv_bias)
-        return heads * hd * (2 * h + b) + kvs * 2 * hd * (h + b)
 
-    @property
-    def channel_params(self) -> int:
-        return 3 * self.hidden + 2 * int(self.gate_up_bias)
-
-
-def _layer_shape(layer) -> tuple:
-    a, m = layer.self_attn, layer.mlp
-    hd = a.head_dim
-    return (
-        a.q_proj.in_features, a.q_proj.out_features // hd, a.k_proj.out_features // hd, hd,
-        m.gate_proj.out_features, a.q_proj.bias is not None, a.o_proj.bias is not None,
-        m.gate_proj.bias is not None, m.down_proj.bias is not None,
-    )  # fmt: skip
+def _params_per_unit(adapter, layer, kind: str, unit: str) -> int:
+    n, members = adapter.members(layer, kind, unit)
+    return sum(m.numel for m in members) // n
 
 
 @dataclass

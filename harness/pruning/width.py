@@ -2,7 +2,8 @@
 
 `prune_width(model, cfg, calib_ids)` = `score_groups` (cacheable importance, see width_scores)
 + `select_kept` (counts from ratio.solve_counts, then ranking per layer or across layers)
-+ `apply_width` (slice q/k/v rows, o columns, gate/up rows, down columns; FLAP bias fold-in)
++ `apply_width` (slice q/k/v rows, o columns, gate/up rows, down columns, wherever the family's
+  adapter says they live; FLAP bias fold-in)
 + `record_layer_shapes` (so the saved checkpoint reloads). A sweep can call `score_groups`
 once and pass the result as `scores=` for several ratios (on fresh copies of the model).
 
@@ -20,6 +21,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from harness.models.adapters import adapter_for
+from harness.models.adapters.base import head_rows
 from harness.models.params import count_params
 from harness.models.uneven import record_layer_shapes
 from harness.pruning import criteria
@@ -91,10 +94,6 @@ class WidthPruneConfig:
         return layers
 
 
-def _rows(units: list[int], size: int) -> torch.Tensor:
-    return (torch.tensor(units).unsqueeze(1) * size + torch.arange(size)).reshape(-1)
-
-
 def select_kept(
     geo: R.Geometry, cfg: WidthPruneConfig, scores: WidthScores, counts: R.Counts
 ) -> dict:
@@ -164,23 +163,7 @@ def select_kept(
     return plan
 
 
-def _slice_linear(lin: nn.Linear, rows=None, cols=None, extra_bias=None) -> nn.Linear:
-    w = lin.weight.detach()
-    w = w[rows] if rows is not None else w
-    w = w[:, cols] if cols is not None else w
-    b = lin.bias.detach() if lin.bias is not None else None
-    b = b[rows] if b is not None and rows is not None else b
-    if extra_bias is not None:
-        b = extra_bias.to(w.dtype) + (b if b is not None else 0)
-    new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
-    with torch.no_grad():
-        new.weight.copy_(w)
-        if b is not None:
-            new.bias.copy_(b)
-    return new
-
-
-def _compensation(lin: nn.Linear, kept: torch.Tensor, mean_inp: torch.Tensor | None):
+def _compensation(lin: nn.Module, kept: torch.Tensor, mean_inp: torch.Tensor | None):
     """FLAP: removed input channels' calibration mean times their weight columns -> bias."""
     if mean_inp is None:
         return None
@@ -193,28 +176,23 @@ def _compensation(lin: nn.Linear, kept: torch.Tensor, mean_inp: torch.Tensor | N
 def apply_width(
     model, plan: dict, scores: WidthScores | None = None, compensate: bool = False
 ) -> None:
-    """Slice every layer to the kept heads/channels of `plan`, in place."""
+    """Slice every layer to the kept heads/channels of `plan`, in place (through the adapter,
+    which knows where each family keeps its projections)."""
+    adapter = adapter_for(model)
+    layers = adapter.layers(model)
     for i, k in plan.items():
-        layer = model.model.layers[i]
-        a, m = layer.self_attn, layer.mlp
-        hd = a.head_dim
-        if len(k["kept_q_heads"]) * hd < a.q_proj.out_features:
-            q, kv = _rows(k["kept_q_heads"], hd), _rows(k["kept_kv_heads"], hd)
-            comp = _compensation(a.o_proj, q, scores.attn_mean_inp.get(i)) if compensate else None
-            a.q_proj = _slice_linear(a.q_proj, rows=q)
-            a.k_proj = _slice_linear(a.k_proj, rows=kv)
-            a.v_proj = _slice_linear(a.v_proj, rows=kv)
-            a.o_proj = _slice_linear(a.o_proj, cols=q, extra_bias=comp)
-            a.num_key_value_groups = len(k["kept_q_heads"]) // len(k["kept_kv_heads"])
-        if len(k["kept_mlp_channels"]) < m.gate_proj.out_features:
+        layer = layers[i]
+        shape = adapter.shape(layer)
+        if len(k["kept_q_heads"]) < shape.n_q:
+            q = head_rows(k["kept_q_heads"], shape.head_dim)
+            o = adapter.out_proj(layer, "attn")
+            comp = _compensation(o, q, scores.attn_mean_inp.get(i)) if compensate else None
+            adapter.prune_attention(layer, k["kept_q_heads"], k["kept_kv_heads"], comp)
+        if len(k["kept_mlp_channels"]) < shape.inter:
             ch = torch.tensor(k["kept_mlp_channels"])
-            comp = (
-                _compensation(m.down_proj, ch, scores.mlp_mean_inp.get(i)) if compensate else None
-            )
-            m.gate_proj = _slice_linear(m.gate_proj, rows=ch)
-            m.up_proj = _slice_linear(m.up_proj, rows=ch)
-            m.down_proj = _slice_linear(m.down_proj, cols=ch, extra_bias=comp)
-            m.intermediate_size = len(ch)
+            down = adapter.out_proj(layer, "mlp")
+            comp = _compensation(down, ch, scores.mlp_mean_inp.get(i)) if compensate else None
+            adapter.prune_mlp(layer, k["kept_mlp_channels"], comp)
 
 
 def prune_width(

@@ -1,8 +1,9 @@
 """Importance of width-pruning groups: attention units and MLP channels, per pruned layer.
 
-A group's *members* are the tensor slices removed with it: for a query head its q rows (+bias)
-and o_proj columns; for a KV group also its k/v rows (+biases); for an MLP channel its gate/up
-rows (+biases) and down_proj column. As in LLM-Pruner, each member gets a score (the sum of
+A group's *members* are the tensor slices removed with it (the family's adapter says where they
+live, fused or not): for a query head its q rows (+bias) and o columns; for a KV group also its
+k/v rows (+biases); for an MLP channel its gate/up rows (+biases) and down column; norms that
+span a whole q or k projection (OLMo 2) are members too. As in LLM-Pruner, each member gets a score (the sum of
 its per-weight scores over the slice) and `reduction` (sum/mean/max/prod) combines the members.
 Because the per-member score is a plain sum, every criterion streams exactly: gradients are
 reduced per member in a post-accumulate-grad hook and freed at once (peak ~ weights + one
@@ -14,7 +15,7 @@ F = mean over samples of per-sample g_i^2, i.e. LLM-Pruner's `acc_grad`, batch o
   taylor2 w^2 F (param_second, streamed per sample as (w g_i)^2 / n); vector |sum w g| per row
   or column (LLM-Pruner's `vectorize`); param_mix |w g - 0.5 w^2 F| (needs F per weight before
   g arrives, so it alone keeps one fp32 buffer per scored weight between its two passes);
-  wanda_sp mean_rows |W| * ||x_col|| on o_proj/down_proj (FLAP's structured Wanda);
+  wanda_sp mean_rows |W| * ||x_col|| on the o/down projections (FLAP's structured Wanda);
   flap: Var(x_col) * ||W_col||^2 (FLAP's WIFV; squared again for attention, as FLAP does),
   with the exact token variance over all calibration tokens (FLAP's incremental formula
   drops the first sample's spread) and per-layer mean/std kept for its standardised search.
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from harness.models.adapters import adapter_for
 from harness.pruning import criteria
 from harness.pruning.criteria import WidthCriterion, register
 from harness.pruning.grads import streamed_grads
@@ -47,33 +49,14 @@ class WidthScores:
     mlp: dict[int, torch.Tensor] = field(default_factory=dict)
     attn_stats: dict[int, tuple[float, float]] = field(default_factory=dict)  # flap mean, std
     mlp_stats: dict[int, tuple[float, float]] = field(default_factory=dict)
-    attn_mean_inp: dict[int, torch.Tensor] = field(default_factory=dict)  # o_proj input mean
-    mlp_mean_inp: dict[int, torch.Tensor] = field(default_factory=dict)  # down_proj input mean
+    attn_mean_inp: dict[int, torch.Tensor] = field(default_factory=dict)  # o input mean
+    mlp_mean_inp: dict[int, torch.Tensor] = field(default_factory=dict)  # down input mean
     calibration: dict = field(default_factory=dict)
 
 
-def _members(layer, kind: str, unit: str) -> tuple[int, list[tuple[torch.Tensor, int]]]:
-    """(units, [(param, axis)]): axis 0 = units along rows (or a bias), 1 = along columns."""
-    if kind == "attn":
-        a = layer.self_attn
-        hd = a.head_dim
-        kv = unit == "kv_group"
-        n = (a.k_proj.out_features if kv else a.q_proj.out_features) // hd
-        mods = [a.q_proj] + ([a.k_proj, a.v_proj] if kv else []) + [a.o_proj]
-    else:
-        m = layer.mlp
-        n, mods = m.gate_proj.out_features, [m.gate_proj, m.up_proj, m.down_proj]
-    out = []
-    for i, mod in enumerate(mods):
-        axis = int(i == len(mods) - 1)
-        out.append((mod.weight, axis))
-        if axis == 0 and mod.bias is not None:
-            out.append((mod.bias, 0))
-    return n, out
-
-
 def _per_unit(t: torch.Tensor, axis: int, n: int, vector: bool = False) -> torch.Tensor:
-    """Sum a per-weight score over each unit's slice (|row or column sum| first if `vector`)."""
+    """Sum a per-weight score over each unit's slice (|row or column sum| first if `vector`);
+    `t` is one member's slice, its `n` units along `axis`."""
     if t.dim() == 2:
         t = t.sum(dim=1 - axis)
     if vector:
@@ -106,9 +89,11 @@ class ScoringContext:
     out: WidthScores
 
     def slots(self) -> dict:
-        """{(layer, kind): (units, members)} for every scored group."""
-        layers = self.model.model.layers
-        return {(i, k): _members(layers[i], k, self.unit) for i in self.layers for k in self.kinds}
+        """{(layer, kind): (units, [Member])} for every scored group (see adapters.base)."""
+        adapter = adapter_for(self.model)
+        layers = adapter.layers(self.model)
+        return {(i, k): adapter.members(layers[i], k, self.unit)
+                for i in self.layers for k in self.kinds}
 
     def reduce_into_out(self, member: dict, slots: dict) -> None:
         """Combine per-member unit scores {((layer, kind), j): tensor} with `cfg.reduction`."""
@@ -120,12 +105,11 @@ class ScoringContext:
 def score_groups(model, cfg, calib_ids: torch.Tensor | None = None) -> WidthScores:
     """Importance of every attention unit and MLP channel in the layers `cfg` prunes."""
     crit = criteria.get(cfg.criterion)
-    layers_all = model.model.layers
+    adapter = adapter_for(model)
+    layers_all = adapter.layers(model)
     layers = resolve_layers(cfg.layer_start, cfg.layer_end, len(layers_all))
-    a0 = layers_all[0].self_attn
-    unit = effective_unit(
-        cfg.attn_unit, a0.q_proj.out_features // a0.head_dim, a0.k_proj.out_features // a0.head_dim
-    )
+    shape = adapter.shape(layers_all[0])
+    unit = effective_unit(cfg.attn_unit, shape.n_q, shape.n_kv)
     kinds = [k for k, on in (("attn", cfg.prune_attn), ("mlp", cfg.prune_mlp)) if on]
     out = WidthScores(cfg.criterion, cfg.reduction, unit, layers)
     if crit.needs_calibration:
@@ -145,31 +129,32 @@ def _grad_member_scores(model, slots, passes, ids, calib_info) -> dict:
     `passes` = (per-sample mode or None, whole-batch mode or None): per-sample backward passes
     (`second` sums (w g_i)^2 / n, `fisher` stores F for `mix`) run first, then one backward over
     the whole batch (`first` |w g|, `vector` |sum w g|, `mix` |w g - 0.5 w^2 F|)."""
-    info = {}
+    info: dict[int, list] = {}  # a fused weight holds several members
     for key, (n, ms) in slots.items():
-        for j, (p, axis) in enumerate(ms):
-            info[id(p)] = ((key, j), axis, n)
-    member = {slot: 0.0 for slot, _, _ in info.values()}
+        for j, m in enumerate(ms):
+            info.setdefault(id(m.param), []).append(((key, j), m, n))
+    member = {slot: 0.0 for entries in info.values() for slot, _, _ in entries}
     fisher: dict = {}
     state = {"mode": "first", "scale": 1.0}
 
     def hook(p: torch.Tensor) -> None:
-        slot, axis, n = info[id(p)]
-        g, w = p.grad.float(), p.detach().float()
+        grad, weight = p.grad.float(), p.detach().float()
         mode = state["mode"]
-        if mode == "fisher":
-            prev = fisher.get(slot)
-            fisher[slot] = g.square() * state["scale"] + (0 if prev is None else prev)
-        elif mode == "second":
-            member[slot] = member[slot] + _per_unit((w * g).square(), axis, n) * state["scale"]
-        elif mode == "mix":
-            s = (w * g - 0.5 * w.square() * fisher.pop(slot)).abs()
-            member[slot] = member[slot] + _per_unit(s, axis, n)
-        else:
-            wg = w * g
-            member[slot] = member[slot] + _per_unit(
-                wg.abs() if mode == "first" else wg, axis, n, mode == "vector"
-            )
+        for slot, m, n in info[id(p)]:
+            g, w, axis = m.take(grad), m.take(weight), m.axis
+            if mode == "fisher":
+                prev = fisher.get(slot)
+                fisher[slot] = g.square() * state["scale"] + (0 if prev is None else prev)
+            elif mode == "second":
+                member[slot] = member[slot] + _per_unit((w * g).square(), axis, n) * state["scale"]
+            elif mode == "mix":
+                s = (w * g - 0.5 * w.square() * fisher.pop(slot)).abs()
+                member[slot] = member[slot] + _per_unit(s, axis, n)
+            else:
+                wg = w * g
+                member[slot] = member[slot] + _per_unit(
+                    wg.abs() if mode == "first" else wg, axis, n, mode == "vector"
+                )
 
     losses = []
     with streamed_grads(model, [p for p in model.parameters() if id(p) in info], hook):
@@ -189,8 +174,8 @@ def _grad_member_scores(model, slots, passes, ids, calib_info) -> dict:
 
 
 def _input_statistics(ctx: ScoringContext) -> dict:
-    """{(layer, kind): (tokens, sum x, sum x^2, output projection)} of the inputs of o_proj
-    (attention) and down_proj (MLP), over all calibration tokens, in float64."""
+    """{(layer, kind): (tokens, sum x, sum x^2, output projection)} of the inputs of the
+    attention's and the MLP's output projections, over all calibration tokens, in float64."""
     stats: dict = {}
 
     def make(key):
@@ -203,13 +188,9 @@ def _input_statistics(ctx: ScoringContext) -> dict:
 
         return pre
 
-    mods = {}
-    for i in ctx.layers:
-        layer = ctx.model.model.layers[i]
-        if "attn" in ctx.kinds:
-            mods[(i, "attn")] = layer.self_attn.o_proj
-        if "mlp" in ctx.kinds:
-            mods[(i, "mlp")] = layer.mlp.down_proj
+    adapter = adapter_for(ctx.model)
+    layers = adapter.layers(ctx.model)
+    mods = {(i, k): adapter.out_proj(layers[i], k) for i in ctx.layers for k in ctx.kinds}
     handles = [m.register_forward_pre_hook(make(k)) for k, m in mods.items()]
     try:
         with torch.no_grad():
@@ -221,7 +202,8 @@ def _input_statistics(ctx: ScoringContext) -> dict:
 
 
 def _units(ctx: ScoringContext, i: int, kind: str) -> int:
-    return _members(ctx.model.model.layers[i], kind, ctx.unit)[0]
+    adapter = adapter_for(ctx.model)
+    return adapter.members(adapter.layers(ctx.model)[i], kind, ctx.unit)[0]
 
 
 def _wanda_sp_scores(ctx: ScoringContext) -> None:
@@ -257,9 +239,9 @@ def _magnitude_scorer(f):
         slots = ctx.slots()
         with torch.no_grad():
             member = {
-                (key, j): _per_unit(f(p.detach().float()), axis, n)
+                (key, j): _per_unit(f(m.take(m.param.detach()).float()), m.axis, n)
                 for key, (n, ms) in slots.items()
-                for j, (p, axis) in enumerate(ms)
+                for j, m in enumerate(ms)
             }
         ctx.reduce_into_out(member, slots)
 

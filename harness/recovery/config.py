@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from harness.models.adapters.base import LLAMA_PROJECTIONS
+
 METHODS = ("none", "lora", "cpt", "cpt_lora", "kd")
-PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DATA_SUFFIXES = (".txt", ".jsonl", ".json")
 TEMPLATES = ("alpaca",)
 BF16_CHOICES = ("auto", "true", "false")
@@ -39,7 +40,8 @@ class RecoverConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
-    lora_targets: list[str] = field(default_factory=lambda: list(PROJECTIONS))
+    # in Llama's vocabulary; each family's adapter maps them onto its modules (Phi-3: fused qkv)
+    lora_targets: list[str] = field(default_factory=lambda: list(LLAMA_PROJECTIONS))
     kd_temperature: float = 1.0
     kd_alpha: float = 1.0  # loss = kd_alpha * KD + (1 - kd_alpha) * LM
     data: str = "wiki_train"  # or a path to .txt / .jsonl / Alpaca .json

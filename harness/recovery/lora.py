@@ -1,5 +1,8 @@
 """LoRA recovery with peft: adapters on the linear projections, merged back afterwards.
 
+Target names come from `recover.lora_targets` (Llama's names by default); the model family's
+adapter maps them onto its own modules, e.g. Phi-3's fused qkv / gate-up projections.
+
 peft wraps every targeted `nn.Linear` on its own, so width-pruned models whose layers have
 different shapes work unchanged. After training, `merge_and_unload` folds the adapters into the
 weights and returns the plain model, with the same shapes and no peft modules.
@@ -12,15 +15,17 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
+from harness.models.adapters import adapter_for
 from harness.recovery.trainer import train_phase
 
 
-def lora_config(cfg) -> LoraConfig:
+def lora_config(cfg, model) -> LoraConfig:
+    """peft settings; `cfg.lora_targets` mapped onto the model family's own module names."""
     return LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.lora_targets),
+        target_modules=adapter_for(model).lora_targets(cfg.lora_targets),
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -29,7 +34,7 @@ def lora_config(cfg) -> LoraConfig:
 def attach_lora(model, cfg) -> PeftModel:
     """Wrap `model` (in place) with fresh, seeded LoRA adapters; only adapters are trainable."""
     torch.manual_seed(cfg.seed)
-    return get_peft_model(model, lora_config(cfg))
+    return get_peft_model(model, lora_config(cfg, model))
 
 
 def merge_lora(peft_model: PeftModel) -> torch.nn.Module:
