@@ -19,6 +19,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from harness.keys import Keyed
 from harness.models.params import count_params
 from harness.models.uneven import record_layer_shapes
 from harness.pruning import ratio as R
@@ -29,10 +30,14 @@ SCOPES = ("uniform", "global")
 
 
 @dataclass
-class WidthPruneConfig:
+class WidthPruneConfig(Keyed):
     """Width pruning settings; exactly one of `ratio` (of total params) or `unit_ratio`."""
 
     SIZE_FIELDS: ClassVar[tuple[str, ...]] = ("ratio", "unit_ratio")
+    DETERMINING = ("name", "criterion", "reduction", "attn_unit", "scope", "layer_start",
+                   "layer_end", "ratio", "unit_ratio", "prune_attn", "prune_mlp", "align", "seed",
+                   "flap_bias_compensation")
+    NOT_DETERMINING = ()
 
     name: str = "width"
     criterion: str = "taylor"
@@ -48,6 +53,15 @@ class WidthPruneConfig:
     align: int = 1
     seed: int = 0
     flap_bias_compensation: bool = True
+
+    def key_fields(self) -> dict:
+        """The seed matters to the random criterion only, the bias compensation to FLAP only."""
+        out = super().key_fields()
+        if self.criterion != "random":
+            del out["seed"]
+        if self.criterion != "flap":
+            del out["flap_bias_compensation"]
+        return out
 
     def validate(self, hf_config) -> None:
         """Check settings against a model config (no weights); one-line ValueError if bad."""
