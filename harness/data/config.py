@@ -5,11 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.data.text import check_source
+from harness.keys import Keyed
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Keyed):
     """Calibration spec; defaults are the protocol's (10 x 128 tokens of c4_calib, seed 1234)."""
+
+    DETERMINING = ("calib_source", "calib_samples", "calib_seq_len", "calib_seed")
+    NOT_DETERMINING = ()
 
     calib_source: str = "c4_calib"
     calib_samples: int = 10

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from harness.keys import Keyed
+
 # The seven commonsense tasks whose mean is reported, and LAMBADA (reported separately).
 MEAN_TASKS = (
     "boolq",
@@ -40,13 +42,16 @@ SPEED_BACKENDS = ("hf", "static")
 
 
 @dataclass
-class ZeroShotConfig:
+class ZeroShotConfig(Keyed):
     """Zero-shot accuracy with lm-eval.
 
     `source="local"` reads the offline copies of the benchmarks (no network); `"hub"` runs
     lm-eval's stock tasks as they are (downloads from the HF hub). `limit` caps the documents
     per task (None = all); it is recorded in the results.
     """
+
+    DETERMINING = ("enabled", "tasks", "convention", "limit", "source", "bootstrap_iters")
+    NOT_DETERMINING = ("batch_size",)
 
     enabled: bool = False
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
@@ -55,6 +60,9 @@ class ZeroShotConfig:
     batch_size: int = 16
     source: str = "local"
     bootstrap_iters: int = 1000  # lm-eval stderr; only perplexity bootstraps, acc is closed-form
+
+    def key_fields(self) -> dict:
+        return super().key_fields() if self.enabled else {"enabled": False}
 
     def validate(self) -> ZeroShotConfig:
         unknown = [t for t in self.tasks if t not in TASKS]
@@ -85,7 +93,7 @@ def _ints_at_least(name: str, values, low: int = 1) -> None:
 
 
 @dataclass
-class SpeedConfig:
+class SpeedConfig(Keyed):
     """Generation speed benchmark (see `harness.evaluation.speed`).
 
     `backend="hf"`: plain `model.generate` with the dynamic KV cache (Shortened LLaMA protocol).
@@ -94,6 +102,10 @@ class SpeedConfig:
     Every run generates exactly `output_length` tokens (EOS disabled) after a random prompt of
     `prompt_len` tokens; `warmup` untimed runs, then the median of `repeats` timed runs.
     """
+
+    DETERMINING = ("enabled", "backend", "batch_sizes", "output_lengths", "prompt_len", "warmup",
+                   "repeats", "compile", "seed")
+    NOT_DETERMINING = ()
 
     enabled: bool = False
     backend: str = "hf"
@@ -104,6 +116,9 @@ class SpeedConfig:
     repeats: int = 5
     compile: bool = True
     seed: int = 0
+
+    def key_fields(self) -> dict:
+        return super().key_fields() if self.enabled else {"enabled": False}
 
     def validate(self) -> SpeedConfig:
         if self.backend not in SPEED_BACKENDS:

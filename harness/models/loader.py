@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from harness.keys import Keyed
 from harness.models.adapters import adapter_for, check_supported
 from harness.models.shapes import SHAPES, shape_config
 
@@ -27,8 +28,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Keyed):
     """Which model to load and how. `name` picks a known model; `path` overrides it."""
+
+    DETERMINING = ("name", "path", "dtype", "attn_implementation")
+    NOT_DETERMINING = ("device", "trust_remote_code")
 
     name: str = "smollm2_135m"
     path: str | None = None
@@ -45,6 +49,13 @@ class ModelConfig:
             raise ValueError(f"model.dtype must be auto or one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.path is not None and os.path.sep in self.path and not Path(self.path).exists():
             raise ValueError(f"model.path {self.path!r} does not exist")
+
+    def key_fields(self) -> dict:
+        """`path`, when set, names the model; `name` then plays no part."""
+        out = super().key_fields()
+        if self.path is not None:
+            del out["name"]
+        return out
 
     @property
     def shape_only(self) -> bool:

@@ -25,6 +25,7 @@ from typing import ClassVar
 
 import torch
 
+from harness.keys import Keyed
 from harness.models.adapters import adapter_for
 from harness.models.params import count_params
 from harness.pruning.blocks import (  # noqa: F401 - removal and loading re-exported here
@@ -41,7 +42,7 @@ from harness.pruning.depth_scores import BLOCK_ONLY, CRITERIA, candidates, score
 
 
 @dataclass
-class DepthPruneConfig:
+class DepthPruneConfig(Keyed):
     """`prune=depth`. Set exactly one of ratio (of TOTAL params), num_blocks, blocks.
 
     `unit` attn/mlp removes only that sublayer of the chosen blocks (counts are then
@@ -49,6 +50,9 @@ class DepthPruneConfig:
     """
 
     SIZE_FIELDS: ClassVar[tuple[str, ...]] = ("ratio", "num_blocks", "blocks")
+    DETERMINING = ("name", "criterion", "ratio", "num_blocks", "blocks", "protect_first",
+                   "protect_last", "iterative", "unit", "seed")
+    NOT_DETERMINING = ()
 
     name: str = "depth"
     criterion: str = "ppl"
@@ -60,6 +64,13 @@ class DepthPruneConfig:
     iterative: bool = False
     unit: str = "block"
     seed: int = 0
+
+    def key_fields(self) -> dict:
+        """The seed matters to the random criterion only."""
+        out = super().key_fields()
+        if self.criterion != "random":
+            del out["seed"]
+        return out
 
     def max_removable(self, hf_config) -> int:
         return max(0, hf_config.num_hidden_layers - self.protect_first - self.protect_last)

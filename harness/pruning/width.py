@@ -21,6 +21,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from harness.keys import Keyed
 from harness.models.adapters import adapter_for
 from harness.models.adapters.base import head_rows
 from harness.models.params import count_params
@@ -34,10 +35,14 @@ SCOPES = ("uniform", "global")
 
 
 @dataclass
-class WidthPruneConfig:
+class WidthPruneConfig(Keyed):
     """Width pruning settings; exactly one of `ratio` (of total params) or `unit_ratio`."""
 
     SIZE_FIELDS: ClassVar[tuple[str, ...]] = ("ratio", "unit_ratio")
+    DETERMINING = ("name", "criterion", "reduction", "attn_unit", "scope", "layer_start",
+                   "layer_end", "ratio", "unit_ratio", "prune_attn", "prune_mlp", "align", "seed",
+                   "flap_bias_compensation")
+    NOT_DETERMINING = ()
 
     name: str = "width"
     criterion: str = "taylor"
@@ -53,6 +58,15 @@ class WidthPruneConfig:
     align: int = 1
     seed: int = 0
     flap_bias_compensation: bool = True
+
+    def key_fields(self) -> dict:
+        """The seed matters to the random criterion only, the bias compensation to FLAP only."""
+        out = super().key_fields()
+        if self.criterion != "random":
+            del out["seed"]
+        if self.criterion != "flap":
+            del out["flap_bias_compensation"]
+        return out
 
     def validate(self, hf_config) -> None:
         """Check settings against a model config (no weights); one-line ValueError if bad."""

@@ -11,7 +11,9 @@ Plain fields with defaults so Hydra can compose into it. Methods:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
+from harness.keys import Keyed
 from harness.models.adapters.base import LLAMA_PROJECTIONS
 
 METHODS = ("none", "lora", "cpt", "cpt_lora", "kd")
@@ -21,8 +23,22 @@ BF16_CHOICES = ("auto", "true", "false")
 
 
 @dataclass
-class RecoverConfig:
+class RecoverConfig(Keyed):
     """Recovery method, token budget and optimiser settings. `validate()` checks every value."""
+
+    DETERMINING = ("name", "tokens", "cpt_fraction", "seq_len", "batch_size", "grad_accum", "lr",
+                   "lora_lr", "weight_decay", "adam_beta1", "adam_beta2", "warmup_ratio",
+                   "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
+                   "kd_temperature", "kd_alpha", "data", "prompt_template", "seed", "bf16")
+    NOT_DETERMINING = ("gradient_checkpointing", "save_steps", "logging_steps", "disable_tqdm")
+    # determining fields that only some methods read; every other one applies to all methods
+    USED_BY: ClassVar[dict[str, tuple[str, ...]]] = {
+        "cpt_fraction": ("cpt_lora",),
+        "lr": ("cpt", "cpt_lora", "kd"),
+        **dict.fromkeys(("lora_lr", "lora_r", "lora_alpha", "lora_dropout", "lora_targets"),
+                        ("lora", "cpt_lora")),
+        **dict.fromkeys(("kd_temperature", "kd_alpha"), ("kd",)),
+    }
 
     name: str = "none"
     tokens: int = 0  # training-token budget (shared between phases for cpt_lora)
@@ -52,6 +68,13 @@ class RecoverConfig:
     seed: int = 0
     bf16: str = "auto"  # auto = bf16 mixed precision on GPU, fp32 on CPU; or true / false
     disable_tqdm: bool = False
+
+    def key_fields(self) -> dict:
+        """Only the name when recovery is off; otherwise no other method's settings."""
+        if self.name == "none":
+            return {"name": "none"}
+        return {k: v for k, v in super().key_fields().items()
+                if self.name in self.USED_BY.get(k, (self.name,))}
 
     def validate(self) -> None:
         """Raise ValueError with one clear line for the first bad value."""

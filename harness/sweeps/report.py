@@ -229,12 +229,35 @@ def log_to_wandb(results_dir: str | Path, figures: list[Path]) -> None:
     run.finish()
 
 
+def rekey(results_dir: str | Path) -> dict:
+    """Rewrite results.csv with every row's run key and identity columns recomputed (after a
+    change to which fields determine results), merging rows that now share a key."""
+    from harness.tracking.results import rewrite_table
+    from harness.tracking.rows import rekey_table
+
+    counts = {}
+
+    def change(table):
+        new, found = rekey_table(table)
+        counts.update(found)
+        return new
+
+    rewrite_table(results_dir, change)
+    print(f"rekeyed {counts['rows']} rows in {results_dir}: {counts['changed']} keys changed, "
+          f"{counts['merged']} merged into a row with the same key")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="harness report", description=__doc__)
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--write", action="store_true", help="write tables and figures")
     parser.add_argument("--wandb", action="store_true", help="log the summary to W&B")
+    parser.add_argument("--rekey", action="store_true",
+                        help="recompute every row's run_key under the current key schema")
     args = parser.parse_args(argv)
+    if args.rekey:
+        rekey(args.results_dir)
     print_table(args.results_dir)
     if args.write or args.wandb:
         files = write_report(args.results_dir)

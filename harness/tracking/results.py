@@ -56,22 +56,35 @@ def by_experiment(table: pd.DataFrame):
         yield name, table[labels.map(lambda names, n=name: n in names)].dropna(axis=1, how="all")
 
 
+def merge_labels(values) -> str:
+    """Experiment labels of several cells as one sorted, comma-separated cell."""
+    return ",".join(sorted({x for v in values for x in _labels(v)}))
+
+
 def upsert_row(results_dir: str | Path, row: dict) -> pd.DataFrame:
     """Add `row` (must hold `run_key`), replacing any earlier row with the same key; the
     earlier row's experiment labels are kept alongside the new one."""
     if "run_key" not in row:
         raise ValueError("a results row needs a run_key")
-    path = Path(results_dir) / TABLE
-    with _locked(path):
-        table = read_table(results_dir)
+
+    def upsert(table: pd.DataFrame) -> pd.DataFrame:
+        nonlocal row
         if len(table):
             same = table["run_key"] == row["run_key"]
             if same.any() and "experiment" in row and "experiment" in table:
-                names = [x for v in table.loc[same, "experiment"] for x in _labels(v)]
-                row = {**row, "experiment": ",".join(
-                    sorted(set(names) | set(_labels(row["experiment"]))))}
+                row = {**row, "experiment": merge_labels(
+                    [*table.loc[same, "experiment"], row["experiment"]])}
             table = table[~same]
-        table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
+        return pd.concat([table, pd.DataFrame([row])], ignore_index=True)
+
+    return rewrite_table(results_dir, upsert)
+
+
+def rewrite_table(results_dir: str | Path, change) -> pd.DataFrame:
+    """Replace the table by `change(table)` under the lock, atomically; returns the new table."""
+    path = Path(results_dir) / TABLE
+    with _locked(path):
+        table = change(read_table(results_dir))
         fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".csv", dir=path.parent)
         os.close(fd)
         try:

@@ -10,11 +10,16 @@ import logging
 import os
 from dataclasses import dataclass
 
+from harness.keys import Keyed
+
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class LoggerConfig:
+class LoggerConfig(Keyed):
+    DETERMINING = ()
+    NOT_DETERMINING = ("name", "mode", "project", "entity")
+
     name: str = "wandb"  # wandb | none
     mode: str = "offline"  # offline | online | disabled
     project: str = "width-vs-depth"
