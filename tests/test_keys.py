@@ -58,6 +58,8 @@ def _other(name: str, value):
         return "bfloat16"
     if name == "unit":  # read when sizing the importance key
         return "attn" if value != "attn" else "mlp"
+    if name == "criterion":  # looked up in the criteria registry: must exist (depth and width)
+        return "taylor" if value != "taylor" else "random"
     if name == "bf16":
         return "true" if value != "true" else "false"
     if name == "device":  # where it runs; the dtype it runs in is keyed (fixed in _variants)
