@@ -41,3 +41,17 @@ def test_shape_and_members_of_a_qwen2_layer():
     assert n == 128 and sum(m.numel for m in members) == 128 * 3 * 64
     w = members[0].param
     assert torch.equal(members[0].take(w), w)
+
+
+def test_fused_families_map_lora_targets_onto_their_fused_modules():
+    adapter = adapter_for(tiny_model("phi3"))
+    assert adapter.lora_targets(LLAMA_PROJECTIONS) == [
+        "qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+    assert adapter.lora_targets(["k_proj"]) == ["qkv_proj"]
+
+
+def test_soft_capped_attention_loads_eagerly():
+    gemma2, gemma3 = tiny_model("gemma2").config, tiny_model("gemma3").config
+    assert adapter_for(gemma2).attn_implementation(gemma2, "sdpa") == "eager"
+    assert adapter_for(gemma3).attn_implementation(gemma3, "sdpa") == "sdpa"
+    assert adapter_for(gemma3).needs_bos and not adapter_for(tiny_model("llama")).needs_bos

@@ -17,44 +17,24 @@ from harness.evaluation.efficiency import (
     kv_cache_bytes,
     weight_bytes,
 )
+from harness.models.adapters import adapter_for
 from harness.models.tiny import tiny_model
-
-HEAD_DIM = 16  # tiny_model: hidden 64 / 4 heads
-
-
-def _linear(old: nn.Linear, rows: int | None = None, cols: int | None = None) -> nn.Linear:
-    """`old` with only its first `rows` outputs / `cols` inputs (a structural slice)."""
-    w = old.weight.data[:rows, :cols]
-    new = nn.Linear(w.shape[1], w.shape[0], bias=old.bias is not None)
-    new.weight.data.copy_(w)
-    if old.bias is not None:
-        new.bias.data.copy_(old.bias.data[:rows])
-    return new
+from harness.pruning.blocks import remove_blocks
 
 
 def uneven_model(arch: str = "llama") -> nn.Module:
     """tiny_model with layer 1 width-pruned: 2 of 4 query heads, 1 of 2 KV heads, 48 of 128 MLP."""
     model = tiny_model(arch)
-    attn, mlp = model.model.layers[1].self_attn, model.model.layers[1].mlp
-    attn.q_proj = _linear(attn.q_proj, rows=2 * HEAD_DIM)
-    attn.k_proj = _linear(attn.k_proj, rows=HEAD_DIM)
-    attn.v_proj = _linear(attn.v_proj, rows=HEAD_DIM)
-    attn.o_proj = _linear(attn.o_proj, cols=2 * HEAD_DIM)
-    attn.num_key_value_groups = 2
-    mlp.gate_proj = _linear(mlp.gate_proj, rows=48)
-    mlp.up_proj = _linear(mlp.up_proj, rows=48)
-    mlp.down_proj = _linear(mlp.down_proj, cols=48)
+    adapter = adapter_for(model)
+    layer = adapter.layers(model)[1]
+    adapter.prune_attention(layer, [0, 1], [0])
+    adapter.prune_mlp(layer, range(48))
     return model.eval()
 
 
 def depth_pruned_model() -> nn.Module:
     """tiny_model with layer 2 of 4 removed."""
-    model = tiny_model("llama")
-    del model.model.layers[2]
-    for i, layer in enumerate(model.model.layers):
-        layer.self_attn.layer_idx = i
-    model.config.num_hidden_layers = len(model.model.layers)
-    return model.eval()
+    return remove_blocks(tiny_model("llama"), [2]).eval()
 
 
 def _counted_flops(model: nn.Module, batch: int, seq: int) -> int:

@@ -7,10 +7,12 @@ import copy
 import json
 
 import pytest
+import references
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, LlamaConfig
 
+from harness.models.adapters import adapter_for
 from harness.models.params import count_params
 from harness.models.shapes import shape_config
 from harness.models.tiny import tiny_config, tiny_model
@@ -20,11 +22,9 @@ from harness.pruning.width import WidthPruneConfig, _compensation, prune_width
 from harness.pruning.width_scores import score_groups
 
 IDS = torch.randint(3, 256, (4, 12), generator=torch.Generator().manual_seed(0))
-MODELS = {
+MODELS = {  # every family, at GQA and global scope: test_families.py
     "llama_mha": ("llama", False),
     "llama_gqa": ("llama", True),
-    "mistral": ("mistral", True),
-    "qwen2": ("qwen2", True),
 }
 
 
@@ -34,34 +34,7 @@ def cfg_(**kw) -> WidthPruneConfig:
 
 
 def masked_logits(dense, plan, ids, means=None):
-    """Dense logits with removed heads' o_proj inputs and removed channels' down_proj inputs
-    zeroed (or replaced by `means[(layer, kind)]`, FLAP's compensation)."""
-    handles = []
-    for i, k in plan["layers"].items():
-        a, m = dense.model.layers[i].self_attn, dense.model.layers[i].mlp
-        hd = a.head_dim
-        for mod, kept, size, kind in (
-            (a.o_proj, k["kept_q_heads"], hd, "attn"),
-            (m.down_proj, k["kept_mlp_channels"], 1, "mlp"),
-        ):
-            drop = torch.ones(mod.in_features, dtype=torch.bool)
-            for u in kept:
-                drop[u * size : (u + 1) * size] = False
-            if not drop.any():
-                continue
-            fill = means[(i, kind)][drop] if means else 0.0
-
-            def pre(_m, args, drop=drop, fill=fill):
-                x = args[0].clone()
-                x[..., drop] = fill
-                return (x,)
-
-            handles.append(mod.register_forward_pre_hook(pre))
-    with torch.no_grad():
-        out = dense(ids).logits
-    for h in handles:
-        h.remove()
-    return out
+    return references.masked_logits(dense, plan, ids, means)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -76,7 +49,7 @@ def test_pruned_equals_masked_dense(name, unit, scope):
     assert plan["params_after"] == count_params(model)
     assert plan["params_after"]["total"] < plan["params_before"]["total"]
     for i, k in plan["layers"].items():
-        attn = model.model.layers[i].self_attn
+        attn = adapter_for(model).attention(adapter_for(model).layers(model)[i])
         assert attn.num_key_value_groups * len(k["kept_kv_heads"]) == len(k["kept_q_heads"])
     with torch.no_grad():
         pruned = model(IDS).logits
@@ -92,8 +65,9 @@ def test_flap_compensation_equals_mean_substitution():
     plan = prune_width(model, cfg, IDS, scores=scores)
     means = {(i, "attn"): scores.attn_mean_inp[i] for i in scores.layers}
     means |= {(i, "mlp"): scores.mlp_mean_inp[i] for i in scores.layers}
-    assert model.model.layers[1].self_attn.o_proj.bias is not None
-    assert model.model.layers[0].self_attn.o_proj.bias is None
+    layers = adapter_for(model).layers(model)
+    assert adapter_for(model).out_proj(layers[1], "attn").bias is not None
+    assert adapter_for(model).out_proj(layers[0], "attn").bias is None
     with torch.no_grad():
         pruned = model(IDS).logits
     torch.testing.assert_close(pruned, masked_logits(dense, plan, IDS, means), atol=1e-5, rtol=0)
@@ -105,17 +79,18 @@ def test_flap_hand_computed():
         lin.weight.copy_(torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]))
     comp = _compensation(lin, torch.tensor([0, 2]), torch.tensor([1.0, 10.0, 100.0]))
     assert comp.tolist() == [20.0, 50.0]  # removed column 1 (2, 5) times its mean 10
-    # fluctuation metric of down_proj channels, computed by hand from captured inputs
+    # fluctuation metric of MLP channels, computed by hand from the output projection's inputs
     model = tiny_model("llama", gqa=True)
     cfg = cfg_(criterion="flap", prune_attn=False)
     seen = []
-    h = model.model.layers[1].mlp.down_proj.register_forward_pre_hook(
+    down = adapter_for(model).out_proj(adapter_for(model).layers(model)[1], "mlp")
+    h = down.register_forward_pre_hook(
         lambda _m, a: seen.append(a[0].reshape(-1, a[0].shape[-1]))
     )
     scores = score_groups(model, cfg, IDS)
     h.remove()
     x = seen[0].double()
-    w = model.model.layers[1].mlp.down_proj.weight.double()
+    w = down.weight.double()
     want = x.var(0, unbiased=True) * (w**2).sum(0)
     torch.testing.assert_close(scores.mlp[1], want, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(scores.mlp_mean_inp[1].double(), x.mean(0), rtol=1e-5, atol=1e-6)
@@ -155,8 +130,10 @@ def test_save_reload_uneven_and_strict(tmp_path):
     torch.testing.assert_close(_logits(back), _logits(model), atol=0, rtol=0)
     path = tmp_path / "model.safetensors"
     sd = load_file(path)
+    names = {id(p): n for n, p in model.named_parameters()}
+    added_bias = names[id(adapter_for(model).out_proj(adapter_for(model).layers(model)[1], "mlp").bias)]
     for name, change in (
-        ("missing", lambda d: d.pop("model.layers.1.mlp.down_proj.bias")),
+        ("missing", lambda d: d.pop(added_bias)),
         ("unexpected", lambda d: d.__setitem__("model.layers.0.extra", torch.zeros(2))),
         ("size mismatch", lambda d: d.__setitem__("model.norm.weight", torch.zeros(3))),
     ):
@@ -170,7 +147,8 @@ def test_save_reload_uneven_and_strict(tmp_path):
 def test_generate_with_cache_equals_without():
     model = tiny_model("mistral", gqa=True, heads=8)
     prune_width(model, cfg_(criterion="random", scope="global", unit_ratio=0.3), IDS)
-    assert len({m.self_attn.num_key_value_groups for m in model.model.layers}) > 1
+    adapter = adapter_for(model)
+    assert len({adapter.attention(m).num_key_value_groups for m in adapter.layers(model)}) > 1
     kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
     a = model.generate(IDS[:2], use_cache=True, **kw)
     b = model.generate(IDS[:2], use_cache=False, **kw)
@@ -235,38 +213,35 @@ def test_scores_reused_across_ratios():
 
 def _brute_scores(model, cfg, ids):
     """Taylor-family scores from full gradients, written out member by member."""
-    names = [n for n, _ in model.named_parameters()]
-    params = dict(model.named_parameters())
+    params = list(model.parameters())
     model.zero_grad()
     model(ids, labels=ids).loss.backward()
-    g = {n: params[n].grad.clone() for n in names}
-    fisher = {n: torch.zeros_like(params[n]) for n in names}
+    g = {id(p): p.grad.clone() for p in params}
+    fisher = {id(p): torch.zeros_like(p) for p in params}
     for i in range(len(ids)):
         model.zero_grad()
         model(ids[i : i + 1], labels=ids[i : i + 1]).loss.backward()
-        for n in names:
-            fisher[n] += params[n].grad ** 2 / len(ids)
+        for p in params:
+            fisher[id(p)] += p.grad ** 2 / len(ids)
     model.zero_grad(set_to_none=True)
+    adapter = adapter_for(model)
     out = {}
     for li in range(cfg.layer_start, 3):
-        pre = f"model.layers.{li}."
-        hd = model.model.layers[li].self_attn.head_dim
+        layer = adapter.layers(model)[li]
+        mod = {k: piece.module for k, piece in adapter.pieces(layer).items()}
+        hd = adapter.shape(layer).head_dim
         kv = cfg.attn_unit == "kv_group"
         size = 2 * hd if kv else hd  # q rows per unit (2 q heads per KV group)
-        attn = [("self_attn.q_proj.weight", 0, size), ("self_attn.q_proj.bias", 0, size)]
+        attn = [(mod["q"].weight, 0, size), (mod["q"].bias, 0, size)]
         if kv:
             for p in ("k", "v"):
-                attn += [(f"self_attn.{p}_proj.weight", 0, hd), (f"self_attn.{p}_proj.bias", 0, hd)]
-        attn.append(("self_attn.o_proj.weight", 1, size))
-        mlp = [
-            ("mlp.gate_proj.weight", 0, 1),
-            ("mlp.up_proj.weight", 0, 1),
-            ("mlp.down_proj.weight", 1, 1),
-        ]
+                attn += [(mod[p].weight, 0, hd), (mod[p].bias, 0, hd)]
+        attn.append((mod["o"].weight, 1, size))
+        mlp = [(mod["gate"].weight, 0, 1), (mod["up"].weight, 0, 1), (mod["down"].weight, 1, 1)]
         for kind, members in (("attn", attn), ("mlp", mlp)):
             per_member = []
-            for name, axis, size in members:
-                w, gr, f = params[pre + name].detach(), g[pre + name], fisher[pre + name]
+            for param, axis, size in members:
+                w, gr, f = param.detach(), g[id(param)], fisher[id(param)]
                 s = {
                     "taylor": (w * gr).abs(),
                     "taylor2": w * f * w,

@@ -1,7 +1,9 @@
-"""Tiny random Llama-family models, built in-process for fast unit tests.
+"""Tiny random models of every supported family, built in-process for fast unit tests.
 
-`tiny_model("llama", gqa=True)` gives a 4-layer model with hidden size 64. Weights are random
-but seeded, so every test sees the same model.
+`tiny_model("llama", gqa=True)` gives a 4-layer model with hidden size 64 (4 query heads of 16).
+Weights are random but seeded, so every test sees the same model. `FAMILIES` lists one tiny
+config per adapter; the family-parametrized equivalence tests run over all of them, so a new
+family needs one entry in `_family_config` here.
 """
 
 from __future__ import annotations
@@ -9,13 +11,19 @@ from __future__ import annotations
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3TextConfig,
     LlamaConfig,
     MistralConfig,
+    Olmo2Config,
+    Phi3Config,
     PretrainedConfig,
     Qwen2Config,
+    Qwen3Config,
 )
 
-ARCHS = ("llama", "mistral", "qwen2")
+ARCHS = ("llama", "mistral", "qwen2")  # Llama's module layout
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "olmo2")
 
 
 def tiny_config(
@@ -43,17 +51,31 @@ def tiny_config(
         eos_token_id=2,
         pad_token_id=0,
     )
-    if arch == "llama":
-        return LlamaConfig(**common)
-    if arch == "mistral":
-        return MistralConfig(**common, sliding_window=None)
-    if arch == "qwen2":
-        return Qwen2Config(**common)  # qwen2 has q/k/v biases
-    raise ValueError(f"unknown tiny arch {arch!r}; choose from {ARCHS}")
+    return _family_config(arch, common, hidden // heads)
+
+
+def _family_config(arch: str, common: dict, head_dim: int) -> PretrainedConfig:
+    # Gemma: sliding (window 6) and global layers alternate, scores and logits soft-capped.
+    gemma = dict(head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=6)
+    configs = {
+        "llama": lambda: LlamaConfig(**common),
+        "mistral": lambda: MistralConfig(**common, sliding_window=None),
+        "qwen2": lambda: Qwen2Config(**common),  # q/k/v biases
+        "qwen3": lambda: Qwen3Config(**common, head_dim=head_dim),  # per-head q/k norms
+        "gemma2": lambda: Gemma2Config(**common, **gemma),
+        "gemma3": lambda: Gemma3TextConfig(**common, **gemma, sliding_window_pattern=2,
+                                           final_logit_softcapping=30.0),
+        "phi3": lambda: Phi3Config(**common),  # fused qkv and gate_up
+        "olmo2": lambda: Olmo2Config(**common),  # post-norms, q/k norms over the projection
+    }
+    if arch not in configs:
+        raise ValueError(f"unknown tiny arch {arch!r}; choose from {', '.join(FAMILIES)}")
+    return configs[arch]()
 
 
 def tiny_model(arch: str = "llama", gqa: bool = True, seed: int = 0, **kw) -> torch.nn.Module:
-    """A seeded random tiny model in fp32 eval mode, with non-zero biases where the arch has them."""
+    """A seeded random tiny model in fp32 eval mode, with non-zero biases where the arch has them
+    and norm weights that are not all alike (so a misplaced norm shows)."""
     torch.manual_seed(seed)
     cfg = tiny_config(arch, gqa, **kw)
     cfg._attn_implementation = "eager"
@@ -62,6 +84,8 @@ def tiny_model(arch: str = "llama", gqa: bool = True, seed: int = 0, **kw) -> to
         for name, p in model.named_parameters():
             if name.endswith(".bias"):
                 p.normal_(0, 0.02)
+            elif p.dim() == 1:
+                p.add_(torch.randn_like(p), alpha=0.1)
     return model.eval()
 
 

@@ -3,7 +3,8 @@
 After pruning, `record_layer_shapes(model)` writes the shapes into `model.config`:
   - all layers alike and no extra biases: the stock fields (num_attention_heads,
     num_key_value_heads, intermediate_size, and head_dim explicitly), so plain
-    `AutoModelForCausalLM.from_pretrained` loads the checkpoint;
+    `AutoModelForCausalLM.from_pretrained` loads the checkpoint (unless the config class refuses
+    the head count, e.g. Llama/Gemma with heads not dividing hidden_size);
   - otherwise `config.harness_layer_shapes` = one dict per layer {num_attention_heads,
     num_key_value_heads, intermediate_size, o_bias, down_bias}; `load_uneven(dir)` builds that
     skeleton and loads the safetensors strictly (any missing, unexpected or mis-shaped tensor
@@ -60,7 +61,7 @@ def record_layer_shapes(model) -> bool:
     first = shapes[0]
     if all(s == first for s in shapes) and (first["o_bias"], first["down_bias"]) == (
         stock["o_bias"], stock["down_bias"]
-    ):
+    ) and _stock_fields_fit(cfg, first):
         cfg.num_attention_heads = first["num_attention_heads"]
         cfg.num_key_value_heads = first["num_key_value_heads"]
         cfg.intermediate_size = first["intermediate_size"]
@@ -68,6 +69,23 @@ def record_layer_shapes(model) -> bool:
             delattr(cfg, KEY)
         return False
     setattr(cfg, KEY, shapes)
+    return True
+
+
+STOCK_FIELDS = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
+
+
+def _stock_fields_fit(config, shape: dict) -> bool:
+    """Whether the config class accepts these head counts (Llama's and Gemma's configs refuse a
+    head count that does not divide hidden_size, even with head_dim given; such models are
+    described per layer instead and load through `load_uneven`)."""
+    cfg = copy.deepcopy(config)
+    for key in STOCK_FIELDS:
+        setattr(cfg, key, shape[key])
+    try:
+        cfg.validate()
+    except Exception:  # noqa: BLE001 - huggingface_hub's strict-dataclass validation error
+        return False
     return True
 
 

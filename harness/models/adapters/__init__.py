@@ -58,4 +58,13 @@ def adapter_for(model_or_config) -> DecoderAdapter:
     return ADAPTERS[config.model_type]
 
 
-from harness.models.adapters import llama, mistral, qwen2  # noqa: E402, F401 - register families
+from harness.models.adapters import (  # noqa: E402, F401 - register the families
+    gemma2,
+    gemma3,
+    llama,
+    mistral,
+    olmo2,
+    phi3,
+    qwen2,
+    qwen3,
+)

@@ -101,7 +101,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _features(module: nn.Module, axis: int) -> int:
+def features(module: nn.Module, axis: int) -> int:
     """Output (axis 0) or input (axis 1) size of a Linear, a peft-wrapped Linear or a norm."""
     if axis == 0 and hasattr(module, "out_features"):
         return int(module.out_features)
@@ -223,13 +223,13 @@ class DecoderAdapter:
         if self.has(layer, "attn"):
             a = self.attention(layer)
             for key, name in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj")):
-                out[key] = Piece(a, name, 0, 0, _features(getattr(a, name), 0))
-            out["o"] = Piece(a, "o_proj", 1, 0, _features(a.o_proj, 1))
+                out[key] = Piece(a, name, 0, 0, features(getattr(a, name), 0))
+            out["o"] = Piece(a, "o_proj", 1, 0, features(a.o_proj, 1))
         if self.has(layer, "mlp"):
             m = self.mlp(layer)
             for key, name in (("gate", "gate_proj"), ("up", "up_proj")):
-                out[key] = Piece(m, name, 0, 0, _features(getattr(m, name), 0))
-            out["down"] = Piece(m, "down_proj", 1, 0, _features(m.down_proj, 1))
+                out[key] = Piece(m, name, 0, 0, features(getattr(m, name), 0))
+            out["down"] = Piece(m, "down_proj", 1, 0, features(m.down_proj, 1))
         return out
 
     def out_proj(self, layer: nn.Module, kind: str) -> nn.Module:
@@ -240,7 +240,7 @@ class DecoderAdapter:
         """Head counts, MLP size and output biases of a layer that has both sublayers."""
         p, hd = self.pieces(layer), self.attention(layer).head_dim
         return LayerShape(
-            hidden=_features(p["o"].module, 0), n_q=p["q"].size // hd, n_kv=p["k"].size // hd,
+            hidden=features(p["o"].module, 0), n_q=p["q"].size // hd, n_kv=p["k"].size // hd,
             head_dim=hd, inter=p["gate"].size, o_bias=p["o"].module.bias is not None,
             down_bias=p["down"].module.bias is not None,
         )
