@@ -1,28 +1,36 @@
 """Command line: `harness [hydra overrides]` runs one experiment (or a sweep with -m);
-`harness report` prints the results table.
+`harness report` prints the results table; `harness cache verify|gc` checks or trims the stage cache.
 
 Examples:
     harness                                   # dense SmolLM2, PPL on wiki_test and c4_test
     harness prune=depth prune.ratio=0.2       # remove ~20% of the parameters as whole blocks
     harness -m experiment=quick               # the README's default sweep
     harness report                            # the results table, grouped
+    harness cache verify                      # re-hash every cache entry, move bad ones aside
+    harness cache gc                          # list entries no results row needs (--yes deletes)
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 import hydra
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from harness.config import apply_size_overrides, register_configs, validate
+from harness.hydra_errors import close_matches, one_line
+from harness.sweeps.cache import NonFiniteResult, non_finite
 from harness.tracking.io import write_json_atomic, write_text_atomic
 from harness.tracking.results import upsert_row
 from harness.tracking.wandb_logger import WandbRun, flatten
+from harness.validation import InputError, check_disk, model_stage_bytes
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 log = logging.getLogger("harness")
@@ -35,18 +43,44 @@ def log_training_curve(tracker: WandbRun, csv_path: Path) -> None:
             tracker.log({f"train/{k}": v for k, v in row.items()})
 
 
+def fail(message, code: int = 2):
+    """Print one `error:` line and exit (2: bad input, nothing written; 1: the run failed)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def check_experiment(choices) -> None:
+    """`experiment` is an optional group, so Hydra silently skips a misspelt one."""
+    name = choices.get("experiment")
+    options = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+    if name and name not in options:
+        raise InputError(f"experiment={name} is not an experiment: {close_matches(name, options)}")
+
+
+def prepare(cfg: DictConfig, run_dir: Path):
+    """The validated spec and its Run, or one error line and exit code 2 with nothing written."""
+    from harness.pipeline import Run
+
+    try:
+        check_experiment(HydraConfig.get().runtime.choices)
+        spec = validate(apply_size_overrides(cfg, HydraConfig.get().overrides.task))
+        run = Run(spec, run_dir)
+        needs = model_stage_bytes(spec, spec.dense_params)
+        check_disk(run.cache.root, {s: needs[s] for s in run.uncached_model_stages()})
+    except ValueError as e:
+        fail(e)
+    return spec, run
+
+
 def run_experiment(cfg: DictConfig) -> dict:
     """Validate, run every stage, write config.yaml / metrics.json, add the results row."""
-    from harness.pipeline import Run, run_identity
+    from harness.pipeline import run_identity
+    from harness.recovery.trainer import NonFiniteLossError
     from harness.sweeps.cache import config_key
     from harness.tracking.rows import result_row
 
-    try:
-        spec = validate(apply_size_overrides(cfg, HydraConfig.get().overrides.task))
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    spec, run = prepare(cfg, run_dir)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     identity = run_identity(spec)
     key = config_key(identity)
@@ -54,10 +88,18 @@ def run_experiment(cfg: DictConfig) -> dict:
     group = "-".join(f"{g}={choices[g]}" for g in ("prune", "recover") if g in choices)
     tracker = WandbRun(spec.logger, flatten(OmegaConf.to_container(cfg, resolve=True)),
                        group=group, name=f"{group}-{key[:8]}", run_dir=str(run_dir))
-    run = Run(spec, run_dir)
-    metrics = run.execute()
+    try:
+        metrics = run.execute()
+        bad = non_finite(metrics)
+        if bad:
+            raise NonFiniteResult(f"metric {bad} is not finite (stage {bad.split('/')[0]})")
+    except (NonFiniteResult, NonFiniteLossError) as e:
+        tracker.finish()
+        fail(f"{str(e).splitlines()[0]}; no results row was written", code=1)
     write_json_atomic(run_dir / "metrics.json", metrics)
-    write_json_atomic(run_dir / "stages.json", {"computed": run.cache.computed})
+    write_json_atomic(run_dir / "stages.json",
+                      {"computed": run.cache.computed, "used": run.cache.used})
+    run.cache.record_run(key, run_dir)
     upsert_row(cfg.results_dir, result_row(spec, identity, key, metrics, run_dir))
     log_training_curve(tracker, run_dir / "train_log.csv")
     tracker.log(metrics)
@@ -66,15 +108,35 @@ def run_experiment(cfg: DictConfig) -> dict:
     return metrics
 
 
-def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "report":
-        raise SystemExit(report_main(sys.argv[2:]))
+def main(argv: list[str] | None = None) -> None:
+    """`harness [overrides]`, `harness report ...`, `harness cache verify|gc ...`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:
+        raise SystemExit(report_main(argv[1:]))
+    if argv[:1] == ["cache"]:
+        from harness.sweeps.cache_tools import main as cache_main
+
+        raise SystemExit(cache_main(argv[1:]))
     register_configs()
-    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_app)()
+    user_wants_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; composition errors become one line
+    sys.argv = [sys.argv[0], *argv]
+    try:
+        hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_app)()
+    except (HydraException, OmegaConfBaseException) as e:
+        if user_wants_trace:
+            raise
+        fail(one_line(e, [a for a in argv if "=" in a]))
+    finally:
+        if not user_wants_trace:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
 def _app(cfg: DictConfig) -> None:
-    run_experiment(cfg)
+    try:
+        run_experiment(cfg)
+    except (HydraException, OmegaConfBaseException) as e:  # a bug, not a composition error
+        raise RuntimeError(f"{type(e).__name__}: {e}") from e
     if HydraConfig.get().mode.name == "RUN":
         from harness.sweeps.report import print_table
 

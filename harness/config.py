@@ -2,13 +2,13 @@
 
 Every config group (`model`, `data`, `prune`, `recover`, `eval`, `logger`) is backed by a
 dataclass, so a misspelt key or a value of the wrong type fails at composition time. Semantic
-checks that need the model's shape (a ratio the model cannot reach, a protected block) run in
-`validate`, which reads only the model's `config.json`.
+checks, and the checks of every input the run touches (model headers, texts, directories), run
+in `validate`, which reads headers and a little text but loads no model.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -18,12 +18,14 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from harness.data.config import DataConfig
 from harness.data.text import check_source
 from harness.evaluation.config import SpeedConfig, ZeroShotConfig
+from harness.hydra_errors import close_matches
 from harness.keys import Keyed
-from harness.models.loader import ModelConfig, load_hf_config
+from harness.models.loader import ModelConfig
 from harness.pruning.depth import DepthPruneConfig
 from harness.pruning.width import WidthPruneConfig
 from harness.recovery.config import RecoverConfig
 from harness.tracking.wandb_logger import LoggerConfig
+from harness.validation import InputError, check_inputs
 
 
 @dataclass
@@ -101,6 +103,7 @@ class RunSpec:
     eval: EvalConfig
     logger: LoggerConfig
     raw: DictConfig
+    dense_params: int = 0  # parameters of the starting model, from its config and headers
 
 
 def apply_size_overrides(cfg: DictConfig, overrides) -> DictConfig:
@@ -120,7 +123,12 @@ def apply_size_overrides(cfg: DictConfig, overrides) -> DictConfig:
 
 
 def validate(cfg: DictConfig) -> RunSpec:
-    """Turn the composed config into typed objects and check every value; raise ValueError."""
+    """Turn the composed config into typed objects and check every value, then every input the
+    run will touch (harness.validation); raise ValueError with one line for the first problem."""
+    known = [f.name for f in fields(Config)]
+    for key in cfg:
+        if key not in known:
+            raise InputError(f"unknown key {key}: {close_matches(str(key), known)}")
     obj = OmegaConf.to_object(cfg)
     spec = RunSpec(obj.model, obj.data, obj.prune, obj.recover, obj.eval, obj.logger, raw=cfg)
     spec.model.validate()
@@ -128,7 +136,7 @@ def validate(cfg: DictConfig) -> RunSpec:
     spec.eval.validate()
     spec.logger.validate()
     spec.recover.validate()
-    spec.prune.validate(load_hf_config(spec.model))
     if spec.model.shape_only and spec.recover.name != "none":
         raise ValueError(f"{spec.model.name} has random weights: recovery on it is meaningless")
+    spec.dense_params = check_inputs(spec)
     return spec

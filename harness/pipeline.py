@@ -116,6 +116,12 @@ class Run:
         self.final_key = upstream if spec.recover.name == "none" else {
             "from": upstream, "recover": recover_identity(spec.recover)}
 
+    def uncached_model_stages(self) -> list[str]:
+        """The model-writing stages ("pruned", "recovered") this run would compute."""
+        keys = {"pruned": self.pruned_key,
+                "recovered": self.final_key if self.spec.recover.name != "none" else None}
+        return [s for s, k in keys.items() if k is not None and not self.cache.has(s, config_key(k))]
+
     # ---- models -------------------------------------------------------------------------
     def _base(self):
         model, tok = self._timed("load", lambda: load_model(self.spec.model))

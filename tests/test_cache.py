@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from harness import cli
 from harness.sweeps import cache as cache_mod
 from harness.sweeps.cache import (
     CORRUPT,
@@ -152,8 +153,10 @@ def test_cache_verify_finds_a_same_size_change_and_gc_removes_only_unneeded(tmp_
     orphan.json_stage("ppl", {"e": 2}, lambda: {"ppl": 3.0})  # a run that never wrote a row
     results.mkdir()
     pd.DataFrame([{"run_key": "run1", "ppl/x": 2.0}]).to_csv(results / "results.csv", index=False)
-    code, out, _ = _cli(capsys, "verify", "--cache-dir", str(root))
-    assert code == 0 and "4 entries" in out and "all intact" in out
+    with pytest.raises(SystemExit) as done:  # through the `harness` entry point
+        cli.main(["cache", "verify", "--cache-dir", str(root)])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "4 entries" in out and "all intact" in out
     _corruptions()["flip"](root / "importance" / config_key({"i": 1}) / "w.safetensors")
     code, out, _ = _cli(capsys, "verify", "--cache-dir", str(root))
     assert code == 1 and f"bad    importance/{config_key({'i': 1})}" in out

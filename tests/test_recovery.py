@@ -117,9 +117,18 @@ def test_none_returns_model_unchanged(tmp_path):
 def test_budget_to_steps_and_cpt_lora_split():
     assert phase_steps(make_cfg("cpt")) == [("cpt", STEPS)]
     assert phase_steps(make_cfg("cpt", tokens=TOKENS + SEQ * BS - 1)) == [("cpt", STEPS)]
-    assert phase_steps(make_cfg("cpt", tokens=1)) == [("cpt", 1)]  # at least one step
     assert phase_steps(make_cfg("kd", grad_accum=2), world=2) == [("kd", STEPS // 4)]
     assert phase_steps(make_cfg("cpt_lora", cpt_fraction=0.25)) == [("cpt", 4), ("lora", 12)]
+    # honoured to one step: never more tokens than the budget, fewer by less than one step
+    for tokens in (SEQ * BS, SEQ * BS + 1, 3 * SEQ * BS - 1):
+        (_, steps), = phase_steps(make_cfg("lora", tokens=tokens))
+        assert 0 <= tokens - steps * SEQ * BS < SEQ * BS
+    assert phase_steps(make_cfg("cpt_lora", tokens=2 * SEQ * BS)) == [("cpt", 1), ("lora", 1)]
+    # below one step (per phase) is refused with the minimum, never silently rounded up
+    with pytest.raises(ValueError, match=f"at least {SEQ * BS}"):
+        phase_steps(make_cfg("cpt", tokens=1))
+    with pytest.raises(ValueError, match=f"at least {2 * SEQ * BS}"):
+        phase_steps(make_cfg("cpt_lora", tokens=2 * SEQ * BS - 1))
 
 
 def test_pack_budget_slice_and_cyclic_dataset():

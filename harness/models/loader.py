@@ -21,6 +21,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from harness.keys import Keyed
 from harness.models.adapters import adapter_for, check_supported
+from harness.models.hub import is_hub_id
+from harness.models.hub import resolve as resolve_hub
 from harness.models.shapes import SHAPES, shape_config
 
 EMBEDDED = ("smollm2_135m",)
@@ -47,8 +49,9 @@ class ModelConfig(Keyed):
             raise ValueError(f"unknown model {self.name!r}; choose from {choices} or set model.path")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"model.dtype must be auto or one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.path is not None and os.path.sep in self.path and not Path(self.path).exists():
-            raise ValueError(f"model.path {self.path!r} does not exist")
+        if self.path is not None and not Path(self.path).exists() and not is_hub_id(self.path):
+            raise ValueError(f"model.path={self.path} does not exist: give a model directory "
+                             "or a hub id org/name")
 
     def key_fields(self) -> dict:
         """`path`, when set, names the model; `name` then plays no part."""
@@ -75,9 +78,9 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def model_source(cfg: ModelConfig) -> str:
-    """Directory or hub id the weights come from (fetching the embedded model if needed)."""
+    """Local directory the weights come from (fetching the embedded model or a hub snapshot)."""
     if cfg.path is not None:
-        return cfg.path
+        return resolve_hub(cfg.path, cfg.trust_remote_code) if is_hub_id(cfg.path) else cfg.path
     if cfg.name == "smollm2_135m":
         from harness.assets import smollm2_dir
 

@@ -19,17 +19,28 @@ from harness.recovery.config import RecoverConfig
 from harness.recovery.data import CyclicDataset, load_examples
 from harness.recovery.trainer import LOG_NAME, NonFiniteLossError, read_log, world_size
 
-__all__ = ["RecoverConfig", "NonFiniteLossError", "recover", "phase_steps"]
+__all__ = ["RecoverConfig", "NonFiniteLossError", "recover", "phase_steps", "min_tokens"]
+
+
+def step_tokens(cfg: RecoverConfig, world: int = 1) -> int:
+    """Tokens one optimizer step consumes."""
+    return cfg.seq_len * cfg.batch_size * cfg.grad_accum * world
+
+
+def min_tokens(cfg: RecoverConfig, world: int = 1) -> int:
+    """The smallest budget: one optimizer step per phase (cpt_lora has two)."""
+    return step_tokens(cfg, world) * len(cfg.phases)
 
 
 def phase_steps(cfg: RecoverConfig, world: int = 1) -> list[tuple[str, int]]:
-    """[(phase, optimizer steps)]: the token budget in steps (at least 1), split for cpt_lora."""
-    step_tokens = cfg.seq_len * cfg.batch_size * cfg.grad_accum * world
-    total = max(1, cfg.tokens // step_tokens)
+    """[(phase, optimizer steps)]: the token budget in whole steps, so the tokens trained are
+    within one step below the budget; split for cpt_lora. A budget below `min_tokens` raises."""
+    if cfg.tokens < min_tokens(cfg, world):
+        raise ValueError(f"recover.tokens={cfg.tokens} is less than one optimizer step per phase"
+                         f" ({step_tokens(cfg, world)} tokens): use at least {min_tokens(cfg, world)}")
+    total = cfg.tokens // step_tokens(cfg, world)
     if cfg.name != "cpt_lora":
         return [(phase, total) for phase in cfg.phases]
-    if total == 1:
-        return [("cpt", 1)]
     cpt = min(max(round(total * cfg.cpt_fraction), 1), total - 1)
     return [("cpt", cpt), ("lora", total - cpt)]
 

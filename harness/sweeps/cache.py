@@ -243,7 +243,7 @@ def _adopt(entry_dir: Path) -> None:
 
 def quarantine(root: Path, entry_dir: Path, problem: str) -> Path | None:
     """Move a bad entry to `<root>/.corrupt/` (one warning line); None if another process did."""
-    name = f"{entry_dir.parent.name}-{entry_dir.name}-{int(time.time())}-{os.getpid()}"
+    name = f"{entry_dir.parent.name}-{entry_dir.name}-{time.time_ns()}-{os.getpid()}"
     dest = Path(root) / CORRUPT / name
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -1,0 +1,273 @@
+"""The bad-input battery: each case exits with code 2 and exactly one stderr line, before any
+model loads, and leaves nothing behind but Hydra's own files (no config.yaml, no cache entry, no
+results row). Cases run the CLI entry point in-process (Hydra's global state cleared between
+calls); a few run as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+from safetensors.torch import load_file, save_file
+
+from harness import cli
+from harness.models import hub
+
+HYDRA_OWN = {".hydra", "cli.log"}  # what Hydra writes into a run dir before our code runs
+# (and into a sweep dir: multirun.yaml)
+DEPTH = ["prune=depth", "prune.protect_first=1", "prune.protect_last=1"]  # the tiny has 4 layers
+
+
+def _copy(src: Path, dst: Path, change=None) -> Path:
+    shutil.copytree(src, dst)
+    if change:
+        change(dst)
+    return dst
+
+
+def _edit_config(**kw):
+    def change(d: Path):
+        cfg = json.loads((d / "config.json").read_text())
+        cfg.update(kw)
+        (d / "config.json").write_text(json.dumps(cfg))
+    return change
+
+
+def _drop_tensor(d: Path):
+    sd = load_file(str(d / "model.safetensors"))
+    sd.pop("model.layers.1.mlp.up_proj.weight")
+    save_file(sd, str(d / "model.safetensors"))
+
+
+def _index_to_missing_shard(d: Path):
+    (d / "model.safetensors").unlink()
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors"}}))
+
+
+@pytest.fixture(scope="module")
+def w(tmp_path_factory):
+    """Every damaged input, built once: model dirs, texts, results tables."""
+    from harness.models.loader import save_model
+    from harness.models.tiny import tiny_model, tiny_tokenizer
+
+    root = tmp_path_factory.mktemp("bad")
+    tiny = save_model(tiny_model("llama"), tiny_tokenizer(), root / "tiny")
+    st = tiny / "model.safetensors"
+    models = {
+        "no_config": lambda d: (d / "config.json").unlink(),
+        "bad_json": lambda d: (d / "config.json").write_text('{"model_type": "llama",'),
+        "gpt2": _edit_config(model_type="gpt2"),
+        "no_weights": lambda d: (d / "model.safetensors").unlink(),
+        "truncated": lambda d: (d / "model.safetensors").write_bytes(st.read_bytes()[:-100]),
+        "garbage": lambda d: (d / "model.safetensors").write_bytes(os.urandom(4096)),
+        "empty_weights": lambda d: (d / "model.safetensors").write_bytes(b""),
+        "wider": _edit_config(intermediate_size=160),
+        "deeper": _edit_config(num_hidden_layers=6),
+        "dropped": _drop_tensor,
+        "missing_shard": _index_to_missing_shard,
+        "no_tokenizer": lambda d: [(d / f).unlink() for f in ("tokenizer.json",
+                                                             "tokenizer_config.json")],
+    }
+    paths = {"tiny": tiny, **{k: _copy(tiny, root / k, fn) for k, fn in models.items()}}
+    docs = [f"Document {i}: the quick brown fox jumps over the lazy dog {i} times." * 3
+            for i in range(12)]
+    texts = {
+        "corpus.txt": "\n\n".join(docs), "empty.txt": "", "blank.txt": " \n\n \t\n",
+        "short.txt": "hello there", "medium.txt": "The quick brown fox. " * 5, "bad.jsonl": '{"text": "fine"}\n{oops\n',
+        "notext.jsonl": '{"body": "no text field"}\n', "alpaca.json": '{"not": "a list"}',
+    }
+    for name, text in texts.items():
+        (root / name).write_text(text)
+        paths[name] = root / name
+    paths["binary.txt"] = root / "binary.txt"
+    paths["binary.txt"].write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(2000))
+    (root / "dir.txt").mkdir()
+    paths["dir.txt"] = root / "dir.txt"
+    paths["a_file"] = root / "a_file"
+    paths["a_file"].write_text("not a directory")
+    for name, content in (("garbage_results", b"\x00\x01\xff" * 50),
+                          ("foreign_results", b"name,score\nx,1\n")):
+        (root / name).mkdir()
+        (root / name / "results.csv").write_bytes(content)
+        paths[name] = root / name
+    return paths
+
+
+# (id, overrides built from the fixture, a phrase the one line must contain)
+CASES = [
+    # Hydra composition: unknown options, misspelt keys, wrong types, syntax
+    ("group_option", lambda w: ["prune=foo"], "prune=foo is not an option of prune"),
+    ("group_option_close", lambda w: ["recover=lorra"], "did you mean lora"),
+    ("model_option", lambda w: ["model=gpt9"], "model=gpt9 is not an option of model"),
+    ("eval_option", lambda w: ["eval=bogus"], "eval=bogus is not an option of eval"),
+    ("logger_option", lambda w: ["logger=wandbb"], "did you mean wandb"),
+    ("launcher_option", lambda w: ["hydra/launcher=slurmm"], "did you mean slurm"),
+    ("experiment_option", lambda w: ["experiment=quik"], "did you mean quick"),
+    ("key_typo", lambda w: ["eval.seq_lenn=64"], "did you mean eval.seq_len"),
+    ("nested_key_typo", lambda w: ["eval.zeroshot.limt=5"], "did you mean eval.zeroshot.limit"),
+    ("group_typo", lambda w: ["prunee=depth"], "did you mean prune"),
+    ("key_of_other_group", lambda w: ["prune.ratio=0.2"], "unknown key prune.ratio"),
+    ("new_key", lambda w: ["+seeed=1"], "did you mean seed"),
+    ("wrong_type_int", lambda w: ["eval.seq_len=abc"], "eval.seq_len"),
+    ("wrong_type_float", lambda w: ["prune=depth", "prune.ratio=abc"], "prune.ratio"),
+    ("float_for_int", lambda w: ["recover.tokens=1.5"], "recover.tokens"),
+    ("syntax", lambda w: ["eval.ppl_sources=["], "cannot parse the override"),
+    ("sweep_without_m", lambda w: ["recover.lr=1e-4,1e-3"], "--multirun"),
+    ("sweep_bad_value", lambda w: ["-m", "eval.seq_len=32,abc"], "eval.seq_len"),
+    # the model: names, paths, hub ids, config.json, weights, tokenizer
+    ("model_name", lambda w: ["model.path=null", "model.name=gpt9"], "unknown model 'gpt9'"),
+    ("no_such_path", lambda w: ["model.path=/no/such/model"], "does not exist"),
+    ("hub_offline", lambda w: ["model.path=acme-labs/tiny-llama"], "hub is unreachable"),
+    ("no_config", lambda w: [f"model.path={w['no_config']}"], "has no config.json"),
+    ("bad_config_json", lambda w: [f"model.path={w['bad_json']}"], "config.json is not valid JSON"),
+    ("unsupported", lambda w: [f"model.path={w['gpt2']}"], "unsupported architecture 'gpt2'"),
+    ("no_weights", lambda w: [f"model.path={w['no_weights']}"], "has no weights"),
+    ("truncated_weights", lambda w: [f"model.path={w['truncated']}"], "truncated or damaged"),
+    ("garbage_weights", lambda w: [f"model.path={w['garbage']}"], "truncated or damaged"),
+    ("empty_weights", lambda w: [f"model.path={w['empty_weights']}"], "truncated or damaged"),
+    ("shape_mismatch", lambda w: [f"model.path={w['wider']}"], "gate_proj.weight is [128, 64] in the weights but [160, 64]"),
+    ("more_layers", lambda w: [f"model.path={w['deeper']}"], "the weights lack model.layers.4"),
+    ("missing_tensor", lambda w: [f"model.path={w['dropped']}"], "lack model.layers.1.mlp.up"),
+    ("missing_shard", lambda w: [f"model.path={w['missing_shard']}"], "is missing"),
+    ("no_tokenizer", lambda w: [f"model.path={w['no_tokenizer']}"], "no usable tokenizer"),
+    ("dtype", lambda w: ["model.dtype=int3"], "model.dtype must be"),
+    # evaluation, calibration and training texts
+    ("unknown_source", lambda w: ["eval.ppl_sources=[nope]"], "unknown text source 'nope'"),
+    ("empty_text", lambda w: [f"eval.ppl_sources=[{w['empty.txt']}]"], "holds no text"),
+    ("blank_text", lambda w: [f"eval.ppl_sources=[{w['blank.txt']}]"], "holds no text"),
+    ("binary_text", lambda w: [f"eval.ppl_sources=[{w['binary.txt']}]"], "is not UTF-8"),
+    ("short_text", lambda w: [f"eval.ppl_sources=[{w['short.txt']}]"], "too short"),
+    ("bad_jsonl", lambda w: [f"eval.ppl_sources=[{w['bad.jsonl']}]"], "line 2 is not a JSON"),
+    ("jsonl_no_text", lambda w: [f"eval.ppl_sources=[{w['notext.jsonl']}]"], "line 1"),
+    ("text_is_dir", lambda w: [f"eval.ppl_sources=[{w['dir.txt']}]"], "is not a file"),
+    ("seq_len_too_long", lambda w: ["eval.seq_len=1000"], "max_position_embeddings=512"),
+    ("seq_len_longer_than_text", lambda w: [f"eval.ppl_sources=[{w['medium.txt']}]",
+                                            "eval.seq_len=200"], "it has 104 tokens"),
+    ("seq_len_1", lambda w: ["eval.seq_len=1"], "seq_len must be >= 2"),
+    ("calib_test_split", lambda w: [*DEPTH, "data.calib_source=wiki_test"], "test split"),
+    ("calib_short", lambda w: [*DEPTH, f"data.calib_source={w['short.txt']}"], "longest"),
+    ("calib_seq_len", lambda w: [*DEPTH, "data.calib_seq_len=600"], "data.calib_seq_len"),
+    ("train_missing", lambda w: ["recover=lora", "recover.tokens=4096", "recover.data=/no.txt"],
+     "recover.data: /no.txt does not exist"),
+    ("train_empty", lambda w: ["recover=lora", "recover.tokens=4096",
+                               f"recover.data={w['empty.txt']}"], "holds no text"),
+    ("train_alpaca", lambda w: ["recover=lora", "recover.tokens=4096",
+                                f"recover.data={w['alpaca.json']}"], "JSON list of records"),
+    # budgets and settings
+    ("tokens_below_step", lambda w: ["recover=lora", "recover.tokens=1"], ">= 1024"),
+    ("cpt_lora_one_step", lambda w: ["recover=cpt_lora", "recover.tokens=1024"], ">= 2048"),
+    ("tokens_zero", lambda w: ["recover=cpt", "recover.tokens=0"], "tokens must be > 0"),
+    ("train_seq_len", lambda w: ["recover=kd", "recover.tokens=8192", "recover.seq_len=1024"],
+     "recover.seq_len=1024 exceeds"),
+    ("ratio_out_of_reach", lambda w: ["prune=depth", "prune.ratio=0.99"], "prune.ratio"),
+    ("criterion_of_other_method", lambda w: ["prune=depth", "prune.criterion=flap"], "criterion"),
+    ("shape_only_recovery", lambda w: ["model.path=null", "model=llama_1b_shape", "recover=cpt",
+                                       "recover.tokens=4096"], "random weights"),
+    ("logger_mode", lambda w: ["logger.mode=loud"], "logger.mode must be"),
+    # results and cache directories, disk
+    ("results_is_file", lambda w: [f"results_dir={w['a_file']}"], "is a file"),
+    ("results_under_file", lambda w: [f"results_dir={w['a_file']}/sub"], "cannot be created"),
+    ("results_garbage", lambda w: [f"results_dir={w['garbage_results']}"], "not a results table"),
+    ("results_foreign", lambda w: [f"results_dir={w['foreign_results']}"], "no run_key column"),
+    ("cache_is_file", lambda w: [f"cache_dir={w['a_file']}"], "cache_dir="),
+]
+
+SPECIAL = {  # cases that need the environment changed, not just the arguments
+    "results_read_only": (DEPTH, "is not writable"),
+    "disk_full": ([*DEPTH, "recover=cpt", "recover.tokens=4096"], "GiB free"),
+}
+
+
+def _invoke(argv: list[str]) -> int:
+    """Exit code of `harness *argv` run in this process (flags such as -m go first)."""
+    GlobalHydra.instance().clear()
+    try:
+        cli.main(sorted(argv, key=lambda a: not a.startswith("-")))
+    except SystemExit as e:
+        return e.code
+    finally:
+        GlobalHydra.instance().clear()
+    return 0
+
+
+def _base(w, tmp_path) -> list[str]:
+    return [f"model.path={w['tiny']}", f"eval.ppl_sources=[{w['corpus.txt']}]", "eval.seq_len=32",
+            f"data.calib_source={w['corpus.txt']}", "data.calib_samples=4",
+            "data.calib_seq_len=16", f"cache_dir={tmp_path / 'cache'}",
+            f"results_dir={tmp_path / 'results'}", "logger=none",
+            f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+
+
+def _assert_refused(code, err: str, phrase: str, tmp_path: Path, w) -> None:
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert phrase in lines[0], lines[0]
+    run = tmp_path / "run"
+    assert not run.exists() or {p.name for p in run.iterdir()} <= HYDRA_OWN
+    sweep = tmp_path / "sweep"
+    assert not sweep.exists() or {p.name for p in sweep.iterdir()} <= {"multirun.yaml"}
+    assert not (tmp_path / "cache").exists()
+    assert not (tmp_path / "results").exists()
+    for name in ("garbage_results", "foreign_results"):  # left as they were
+        assert {p.name for p in w[name].iterdir()} == {"results.csv"}
+
+
+@pytest.mark.parametrize("name, overrides, phrase", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_in_one_line(name, overrides, phrase, w, tmp_path, capfd):
+    code = _invoke([*_base(w, tmp_path), *overrides(w)])
+    _assert_refused(code, capfd.readouterr().err, phrase, tmp_path, w)
+
+
+@pytest.mark.parametrize("name", sorted(SPECIAL))
+def test_bad_environment_is_refused_in_one_line(name, w, tmp_path, capfd, monkeypatch):
+    import harness.validation as validation
+
+    overrides, phrase = SPECIAL[name]
+    if name == "results_read_only":  # as root, chmod cannot make a directory read-only
+        real = os.access
+        monkeypatch.setattr(validation.os, "access", lambda p, mode: real(p, mode) and not str(
+            p).startswith(str(tmp_path)))
+    else:
+        free = shutil.disk_usage(tmp_path)._replace(free=1 << 20)
+        monkeypatch.setattr(validation.shutil, "disk_usage", lambda p: free)
+    code = _invoke([*_base(w, tmp_path), *overrides])
+    _assert_refused(code, capfd.readouterr().err, phrase, tmp_path, w)
+
+
+def test_the_battery_is_large():
+    assert len(CASES) + len(SPECIAL) >= 40
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["prune=foo"], "prune=foo is not an option of prune"),
+    (["model.path={bad_json}"], "config.json is not valid JSON"),
+    (["model.path=acme-labs/tiny-llama"], "hub is unreachable"),
+])
+def test_real_process_prints_one_line_and_exits_2(args, phrase, w, tmp_path):
+    argv = [a.format(bad_json=w["bad_json"]) for a in args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-m", "harness", *_base(w, tmp_path), *argv],
+                         capture_output=True, text=True, timeout=300, env=env)
+    _assert_refused(res.returncode, res.stderr, phrase, tmp_path, w)
+
+
+def test_hub_id_loads_when_the_hub_is_reachable(w, tmp_path, monkeypatch, capfd):
+    """`model.path=org/name` is resolved by the hub resolver (here standing in for the hub)."""
+    fetched = []
+    monkeypatch.setattr(hub, "_resolved", {})
+    monkeypatch.setattr(hub, "download", lambda repo_id, trust_remote_code=False: fetched.append(
+        repo_id) or str(w["tiny"]))
+    code = _invoke([*_base(w, tmp_path), "model.path=acme-labs/tiny-llama"])
+    assert code == 0, capfd.readouterr().err
+    table = pd.read_csv(tmp_path / "results" / "results.csv")
+    assert table.loc[0, "model"] == "acme-labs/tiny-llama" and fetched == ["acme-labs/tiny-llama"]
+    assert 1.0 < table.loc[0, f"ppl/{w['corpus.txt']}"] < 1e4
