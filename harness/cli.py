@@ -12,6 +12,7 @@ Examples:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -30,7 +31,7 @@ from harness.sweeps.cache import NonFiniteResult, non_finite
 from harness.tracking.io import write_json_atomic, write_text_atomic
 from harness.tracking.results import upsert_row
 from harness.tracking.wandb_logger import WandbRun, flatten
-from harness.validation import InputError, check_disk, model_stage_bytes
+from harness.validation import InputError, check_disk, first_line, model_stage_bytes
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 log = logging.getLogger("harness")
@@ -47,6 +48,15 @@ def fail(message, code: int = 2):
     """Print one `error:` line and exit (2: bad input, nothing written; 1: the run failed)."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def disk_full(error: BaseException) -> bool:
+    """ENOSPC, also when a library (safetensors, torch) wraps it in its own exception."""
+    while error is not None:
+        if getattr(error, "errno", None) == errno.ENOSPC or "No space left" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def check_experiment(choices) -> None:
@@ -96,6 +106,12 @@ def run_experiment(cfg: DictConfig) -> dict:
     except (NonFiniteResult, NonFiniteLossError) as e:
         tracker.finish()
         fail(f"{str(e).splitlines()[0]}; no results row was written", code=1)
+    except Exception as e:
+        if not disk_full(e):
+            raise
+        tracker.finish()  # the stage's temporary entry is already gone; finished stages stay
+        fail(f"disk full ({first_line(e)}): free space or set cache_dir to a larger disk, then "
+             "re-run; finished stages are kept, no results row was written", code=1)
     write_json_atomic(run_dir / "metrics.json", metrics)
     write_json_atomic(run_dir / "stages.json",
                       {"computed": run.cache.computed, "used": run.cache.used})

@@ -4,6 +4,7 @@ in turn (as a new process would meet it)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 
@@ -104,3 +105,20 @@ def test_a_nan_result_fails_the_run_naming_the_stage_and_writes_no_row(tiny_dir,
     assert not (tmp_path / "results" / "results.csv").exists()
     assert not list((tmp_path / "cache").glob("ppl/*"))  # never cached
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_a_full_disk_fails_the_run_in_one_line_and_leaves_no_partial_entry(
+        tiny_dir, text_file, tmp_path, capfd, monkeypatch):
+    def no_space(entry_dir):
+        raise OSError(errno.ENOSPC, "No space left on device", str(entry_dir))
+
+    monkeypatch.setattr(cache_mod, "write_manifest", no_space)
+    argv = [*_overrides(tiny_dir, text_file, tmp_path)[:3], f"results_dir={tmp_path / 'results'}",
+            f"cache_dir={tmp_path / 'cache'}", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"]
+    code = _invoke(argv)
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("error: disk full ([Errno 28] No space left"), lines[0]
+    assert not (tmp_path / "results" / "results.csv").exists()
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # no half entry
