@@ -224,8 +224,11 @@ def check_text(source: str, key: str, tokenizer, window: int, window_key: str,
                per_document: bool = False) -> None:
     """The source reads as UTF-8 documents with at least `window` tokens (in one document when
     `per_document`, as calibration windows are cut from single documents)."""
-    if source.startswith("hf:") or (source, key, window, per_document) in _texts:
-        return  # hub datasets are checked when they load
+    if (source, key, window, per_document) in _texts:
+        return
+    if source.startswith("hf:"):  # its text arrives only when the run loads it
+        check_hub_dataset(source, key)
+        return
     docs = protocol.split_documents(source) if source in protocol.SPLITS else read_documents(
         Path(source), key)
     count = 0
@@ -238,6 +241,31 @@ def check_text(source: str, key: str, tokenizer, window: int, window_key: str,
     where = "its longest document has" if per_document else "it has"
     raise InputError(f"{key}: {source} is too short: {where} {count} tokens, one window of "
                      f"{window_key} needs {window}: use a longer text or a smaller {window_key}")
+
+
+def check_hub_dataset(source: str, key: str) -> None:
+    """`hf:PATH[:CONFIG]:SPLIT` names a dataset the hub (or the local datasets cache) has."""
+    import logging
+
+    from datasets import load_dataset_builder
+
+    parts = source[3:].split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise InputError(f"{key}: {source} is not hf:PATH[:CONFIG]:SPLIT")
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # no retry chatter: the one line below says it all
+    try:
+        builder = load_dataset_builder(parts[0], parts[1] if len(parts) == 3 else None)
+    except Exception as e:  # noqa: BLE001 - connection, missing dataset or config
+        raise InputError(f"{key}: {source} cannot be loaded ({first_line(e)}): without hub "
+                         "access use a local .txt or .jsonl file") from None
+    finally:
+        hub_log.setLevel(level)
+    splits = builder.info.splits
+    if splits and parts[-1] not in splits:
+        raise InputError(f"{key}: {source} has no split {parts[-1]!r}; splits: "
+                         f"{', '.join(splits)}")
 
 
 def read_documents(path: Path, key: str) -> list[str]:
