@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from harness.assets import AssetError
 from harness.data import protocol
 from harness.models.adapters import check_supported
 from harness.models.hub import HubError
@@ -68,8 +69,8 @@ def check_model(cfg) -> tuple[object, int]:
         return hf_config, _count(*expected_tensors(hf_config))
     try:
         model_dir = Path(model_source(cfg))
-    except HubError as e:
-        raise InputError(str(e)) from None
+    except (HubError, AssetError) as e:
+        raise InputError(first_line(e)) from None
     key = "model.path=" + (cfg.path or str(model_dir))
     signature = tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
                              for f in model_dir.iterdir())) if model_dir.is_dir() else ()
@@ -229,8 +230,11 @@ def check_text(source: str, key: str, tokenizer, window: int, window_key: str,
     if source.startswith("hf:"):  # its text arrives only when the run loads it
         check_hub_dataset(source, key)
         return
-    docs = protocol.split_documents(source) if source in protocol.SPLITS else read_documents(
-        Path(source), key)
+    try:
+        docs = protocol.split_documents(source) if source in protocol.SPLITS else read_documents(
+            Path(source), key)
+    except AssetError as e:
+        raise InputError(f"{key}: {first_line(e)}") from None
     count = 0
     for doc in docs:
         n = len(tokenizer(doc, add_special_tokens=False)["input_ids"])

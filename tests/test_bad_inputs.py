@@ -186,6 +186,7 @@ CASES = [
 SPECIAL = {  # cases that need the environment changed, not just the arguments
     "results_read_only": (DEPTH, "is not writable"),
     "disk_full": ([*DEPTH, "recover=cpt", "recover.tokens=4096"], "GiB free"),
+    "assets_missing": (["eval.ppl_sources=[wiki_test]"], "eval.ppl_sources: no wheel"),
 }
 
 
@@ -239,9 +240,13 @@ def test_bad_environment_is_refused_in_one_line(name, w, tmp_path, capfd, monkey
         real = os.access
         monkeypatch.setattr(validation.os, "access", lambda p, mode: real(p, mode) and not str(
             p).startswith(str(tmp_path)))
-    else:
+    elif name == "disk_full":
         free = shutil.disk_usage(tmp_path)._replace(free=1 << 20)
         monkeypatch.setattr(validation.shutil, "disk_usage", lambda p: free)
+    else:  # an offline machine without the protocol's text wheel
+        def missing(split):
+            raise validation.AssetError("no wheel exllamav2==0.3.2: download it by hand")
+        monkeypatch.setattr(validation.protocol, "split_documents", missing)
     code = _invoke([*_base(w, tmp_path), *overrides])
     _assert_refused(code, capfd.readouterr().err, phrase, tmp_path, w)
 
