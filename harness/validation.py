@@ -28,7 +28,7 @@ from harness.models.shapes import shape_config
 
 _models: dict[tuple, tuple] = {}  # checked model dirs -> (hf_config, params), per process
 _tokenizers: dict[str, object] = {}
-_texts: set[tuple] = set()  # (source, key, window, whole_doc) that passed
+_texts: set[tuple] = set()  # (source, key, window, per_document) that passed
 
 
 class InputError(ValueError):
