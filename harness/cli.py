@@ -25,12 +25,13 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from harness import distributed
 from harness.config import apply_size_overrides, register_configs, validate
 from harness.hydra_errors import close_matches, one_line
 from harness.sweeps.cache import NonFiniteResult, non_finite
 from harness.tracking.io import write_json_atomic, write_text_atomic
 from harness.tracking.results import upsert_row
-from harness.tracking.wandb_logger import WandbRun, flatten
+from harness.tracking.wandb_logger import LoggerConfig, WandbRun, flatten
 from harness.validation import InputError, check_disk, first_line, model_stage_bytes
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -45,8 +46,10 @@ def log_training_curve(tracker: WandbRun, csv_path: Path) -> None:
 
 
 def fail(message, code: int = 2):
-    """Print one `error:` line and exit (2: bad input, nothing written; 1: the run failed)."""
-    print(f"error: {message}", file=sys.stderr)
+    """Print one `error:` line (rank 0 of several processes) and exit (2: bad input, nothing
+    written; 1: the run failed)."""
+    if distributed.is_main():
+        print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
 
 
@@ -83,20 +86,26 @@ def prepare(cfg: DictConfig, run_dir: Path):
 
 
 def run_experiment(cfg: DictConfig) -> dict:
-    """Validate, run every stage, write config.yaml / metrics.json, add the results row."""
+    """Validate, run every stage, write config.yaml / metrics.json, add the results row.
+    With several processes every rank runs this; only rank 0 writes anything (see
+    harness.distributed), and only rank 0 opens a W&B run."""
     from harness.pipeline import run_identity
     from harness.recovery.trainer import NonFiniteLossError
     from harness.sweeps.cache import config_key
     from harness.tracking.rows import result_row
 
+    distributed.setup()  # SLURM jobs with several tasks arrive here without harness.cli.main
+    main = distributed.is_main()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     spec, run = prepare(cfg, run_dir)
-    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if main:
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     identity = run_identity(spec)
     key = config_key(identity)
     choices = HydraConfig.get().runtime.choices
     group = "-".join(f"{g}={choices[g]}" for g in ("prune", "recover") if g in choices)
-    tracker = WandbRun(spec.logger, flatten(OmegaConf.to_container(cfg, resolve=True)),
+    tracker = WandbRun(spec.logger if main else LoggerConfig(name="none"),
+                       flatten(OmegaConf.to_container(cfg, resolve=True)),
                        group=group, name=f"{group}-{key[:8]}", run_dir=str(run_dir))
     try:
         metrics = run.execute()
@@ -112,6 +121,8 @@ def run_experiment(cfg: DictConfig) -> dict:
         tracker.finish()  # the stage's temporary entry is already gone; finished stages stay
         fail(f"disk full ({first_line(e)}): free space or set cache_dir to a larger disk, then "
              "re-run; finished stages are kept, no results row was written", code=1)
+    if not main:
+        return metrics
     write_json_atomic(run_dir / "metrics.json", metrics)
     write_json_atomic(run_dir / "stages.json",
                       {"computed": run.cache.computed, "used": run.cache.used})
@@ -133,7 +144,13 @@ def main(argv: list[str] | None = None) -> None:
         from harness.sweeps.cache_tools import main as cache_main
 
         raise SystemExit(cache_main(argv[1:]))
+    nproc = distributed.accelerate_cpu_processes()
+    if nproc:
+        distributed.relaunch_with_torchrun(nproc, argv)
+    distributed.setup()
     register_configs()
+    if not distributed.is_main():  # same run dir as rank 0, but its own log and no .hydra/
+        argv = [*argv, "hydra.output_subdir=null", f"hydra.job.name=harness_rank{distributed.rank()}"]
     user_wants_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; composition errors become one line
     sys.argv = [sys.argv[0], *argv]
@@ -146,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if not user_wants_trace:
             os.environ.pop("HYDRA_FULL_ERROR", None)
+        distributed.teardown()
 
 
 def _app(cfg: DictConfig) -> None:
@@ -153,7 +171,7 @@ def _app(cfg: DictConfig) -> None:
         run_experiment(cfg)
     except (HydraException, OmegaConfBaseException) as e:  # a bug, not a composition error
         raise RuntimeError(f"{type(e).__name__}: {e}") from e
-    if HydraConfig.get().mode.name == "RUN":
+    if HydraConfig.get().mode.name == "RUN" and distributed.is_main():
         from harness.sweeps.report import print_table
 
         print_table(cfg.results_dir)

@@ -8,7 +8,7 @@ in `validate`, which reads headers and a little text but loads no model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -17,6 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from harness.data.config import DataConfig
 from harness.data.text import check_source
+from harness.distributed import launch_time
 from harness.evaluation.config import SpeedConfig, ZeroShotConfig
 from harness.hydra_errors import close_matches
 from harness.keys import Keyed
@@ -82,6 +83,9 @@ class Config(Keyed):
 
 
 PRUNE_SCHEMAS = {"none": NoPrune, "depth": DepthPruneConfig, "width": WidthPruneConfig}
+# `${launch_time:FORMAT}` names run dirs (conf/config.yaml). Registered on import, so submitit
+# jobs that unpickle the app have it too; cached, so a job reuses the submitter's value.
+OmegaConf.register_new_resolver("launch_time", launch_time, use_cache=True, replace=True)
 
 
 def register_configs() -> None:
@@ -122,6 +126,18 @@ def apply_size_overrides(cfg: DictConfig, overrides) -> DictConfig:
     return cfg
 
 
+def unknown_keys(obj, prefix: str = "") -> list[tuple[str, list[str]]]:
+    """(key, the keys its schema has) for every key a `+group.key=...` override added to a typed
+    config that its schema lacks."""
+    if not is_dataclass(obj):
+        return []
+    known = [f.name for f in fields(obj)]
+    out = [(f"{prefix}{k}", known) for k in vars(obj) if k not in known]
+    for name in known:
+        out += unknown_keys(getattr(obj, name), f"{prefix}{name}.")
+    return out
+
+
 def validate(cfg: DictConfig) -> RunSpec:
     """Turn the composed config into typed objects and check every value, then every input the
     run will touch (harness.validation); raise ValueError with one line for the first problem."""
@@ -130,6 +146,8 @@ def validate(cfg: DictConfig) -> RunSpec:
         if key not in known:
             raise InputError(f"unknown key {key}: {close_matches(str(key), known)}")
     obj = OmegaConf.to_object(cfg)
+    for key, known in unknown_keys(obj):  # `+recover.x=...` adds a key the schema lacks
+        raise InputError(f"unknown key {key}: {close_matches(key.rsplit('.', 1)[-1], known)}")
     spec = RunSpec(obj.model, obj.data, obj.prune, obj.recover, obj.eval, obj.logger, raw=cfg)
     spec.model.validate()
     spec.data.validate()

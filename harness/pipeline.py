@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ import torch
 from harness.assets import WHEELS, cache_root
 from harness.config import Config, RunSpec
 from harness.data.text import calibration_ids, token_ids
+from harness.distributed import on_main, world_size
 from harness.evaluation.efficiency import efficiency_metrics
 from harness.evaluation.perplexity import perplexity
 from harness.evaluation.speed import benchmark_speed, speed_metrics
@@ -59,12 +61,16 @@ def weights_fingerprint(cfg: ModelConfig) -> str:
 
 
 def recover_identity(cfg) -> dict:
-    """The recovery's determining fields, with `bf16=auto` resolved to what this machine runs."""
+    """The recovery's determining fields, with `bf16=auto` resolved to what this machine runs
+    and, when training runs on more than one process, the world size (it sets the global
+    batch; one process adds nothing, so keys made before multi-process runs stay valid)."""
     out = cfg.key_fields()
     if cfg.name != "none":
         from harness.recovery.trainer import use_bf16
 
         out["bf16"] = str(use_bf16(cfg)).lower()
+        if world_size() > 1:
+            out["world_size"] = world_size()
     return out
 
 
@@ -102,8 +108,9 @@ def device_name() -> str:
 class Run:
     """Executes one validated run spec; the model is loaded only if some stage needs it."""
 
-    def __init__(self, spec: RunSpec, run_dir: Path, cache: StageCache | None = None):
-        self.spec, self.run_dir = spec, Path(run_dir)
+    def __init__(self, spec: RunSpec, run_dir: Path, cache: StageCache | None = None,
+                 callbacks=()):
+        self.spec, self.run_dir, self.callbacks = spec, Path(run_dir), list(callbacks)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.cache = cache or StageCache(spec.raw.get("cache_dir") or cache_root() / "stages")
         self.times: dict[str, float] = {}
@@ -123,8 +130,8 @@ class Run:
         return [s for s, k in keys.items() if k is not None and not self.cache.has(s, config_key(k))]
 
     # ---- models -------------------------------------------------------------------------
-    def _base(self):
-        model, tok = self._timed("load", lambda: load_model(self.spec.model))
+    def _base(self, cfg: ModelConfig | None = None):
+        model, tok = self._timed("load", lambda: load_model(cfg or self.spec.model))
         self._tokenizer = tok
         return model
 
@@ -170,35 +177,51 @@ class Run:
         return {**self.base_key, "importance": fields, "calibration": self.spec.data.key_fields()}
 
     def _recovered(self, start_dir: Path | None):
-        from harness.recovery import recover
-
-        def build(tmp: Path) -> dict:
-            model, tok = load_model(self._cfg_for(start_dir)) if start_dir else (self._base(), None)
-            self._tokenizer = self._tokenizer or tok
-            teacher = None
-            if self.spec.recover.name == "kd":
-                teacher, _ = load_model(self.spec.model)
-            data = self.spec.recover.data
-            train = token_ids(data, self.tokenizer) if data == "wiki_train" else None
-            model, metrics = self._timed("recover", lambda: recover(
-                model, self.spec.recover, train, work, teacher=teacher,
-                tokenizer=self.tokenizer, report_to="none"))
-            save_model(model, self.tokenizer, tmp / "model")
-            shutil.copy2(work / "train_log.csv", tmp / "train_log.csv")
-            return {"metrics": metrics}
-
+        """Train on every rank (unless an intact entry exists); rank 0 alone publishes it."""
+        key = config_key(self.final_key)
         # Training state lives in a stable work dir (not the entry's temp dir), so a killed run
         # resumes from its last complete checkpoint; it is deleted once the entry is complete.
-        work = self.cache.root / "work" / config_key(self.final_key)
-        path, entry = self.cache.get_or_compute("recovered", self.final_key, build)
-        shutil.rmtree(work, ignore_errors=True)
-        if (path / "train_log.csv").exists():  # entries written before v0.1 lack the copy
-            shutil.copy2(path / "train_log.csv", self.run_dir / "train_log.csv")
+        work = self.cache.root / "work" / key
+        trained = {}
+        if not on_main(lambda: self.cache.intact("recovered", key)):
+            trained["model"], trained["metrics"] = self._timed(
+                "recover", lambda: self._train(start_dir, work))
+
+        def publish(tmp: Path) -> dict:
+            if not trained:
+                raise RuntimeError(f"recovered entry {key} vanished while this run used it")
+            save_model(trained["model"], self.tokenizer, tmp / "model")  # refuses incomplete
+            shutil.copy2(work / "train_log.csv", tmp / "train_log.csv")
+            return {"metrics": trained["metrics"]}
+
+        path, entry = on_main(lambda: self.cache.get_or_compute(
+            "recovered", self.final_key, publish))
+        trained.clear()
+        on_main(lambda: shutil.rmtree(work, ignore_errors=True))
         return path / "model", entry["meta"]["metrics"]
 
-    def _cfg_for(self, model_dir: Path) -> ModelConfig:
+    def _train(self, start_dir: Path | None, work: Path):
+        """Every rank: load the start model (and the KD teacher), run the recovery phases."""
+        from harness.recovery import recover
+
+        load = self.spec.model
+        if self.spec.recover.fsdp != "none":  # on the CPU: FSDP moves each rank's shard over
+            dtype = str(resolve_dtype(load.dtype, resolve_device(load.device))).split(".")[-1]
+            load = replace(load, device="cpu", dtype=dtype)
+        if start_dir:
+            model, tok = load_model(self._cfg_for(start_dir, load.device))
+            self._tokenizer = self._tokenizer or tok
+        else:
+            model = self._base(load)
+        teacher = load_model(load)[0] if self.spec.recover.name == "kd" else None
+        data = self.spec.recover.data
+        train = token_ids(data, self.tokenizer) if data == "wiki_train" else None
+        return recover(model, self.spec.recover, train, work, teacher=teacher,
+                       tokenizer=self.tokenizer, report_to="none", callbacks=self.callbacks)
+
+    def _cfg_for(self, model_dir: Path, device: str | None = None) -> ModelConfig:
         m = self.spec.model
-        return ModelConfig(path=str(model_dir), dtype=m.dtype, device=m.device,
+        return ModelConfig(path=str(model_dir), dtype=m.dtype, device=device or m.device,
                            attn_implementation=m.attn_implementation)
 
     @property
@@ -213,16 +236,25 @@ class Run:
 
     # ---- the run ------------------------------------------------------------------------
     def execute(self) -> dict:
+        """The run's metrics. With several processes, rank 0 alone prunes, evaluates and writes;
+        every rank trains; all ranks return the same metrics."""
         spec, metrics = self.spec, {}
-        model_dir, model = None, None
+        model_dir = None
         if self.pruned_key is not None:
-            model_dir = self._pruned()
-            metrics.update(pruning.plan_metrics(model_dir))
+            model_dir = on_main(self._pruned)
+            metrics.update(on_main(lambda: pruning.plan_metrics(model_dir)))
         if spec.recover.name != "none":
             model_dir, rec = self._recovered(model_dir)
             metrics.update(rec)
+        return on_main(lambda: self._finish(model_dir, metrics))
+
+    def _finish(self, model_dir: Path | None, metrics: dict) -> dict:
+        """Rank 0: expose the final model and its training curve in the run dir, evaluate."""
+        model = None
         if model_dir is not None:
             link_tree(model_dir, self.run_dir / "model")
+            if (model_dir.parent / "train_log.csv").exists():
+                shutil.copy2(model_dir.parent / "train_log.csv", self.run_dir / "train_log.csv")
 
         def get_model():
             nonlocal model
@@ -232,7 +264,7 @@ class Run:
 
         metrics.update(self._evaluate(get_model))
         metrics.update({f"time/{k}_s": round(v, 3) for k, v in self.times.items()})
-        metrics["model/shape_only"] = spec.model.shape_only
+        metrics["model/shape_only"] = self.spec.model.shape_only
         return metrics
 
     def eval_keys(self) -> dict[str, dict]:
@@ -288,4 +320,3 @@ class Run:
             return fn()
         finally:
             self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - start
-

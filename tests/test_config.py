@@ -40,6 +40,8 @@ def test_typos_and_wrong_types_fail_at_composition(override):
         ("eval.seq_len=1", "seq_len must be >= 2"),
         ("logger.mode=loud", "logger.mode must be"),
         ("model.dtype=int3", "model.dtype must be"),
+        ("+recover.deepspeed=ds.json", "unknown key recover.deepspeed"),  # `+` is no way around
+        ("+eval.zeroshot.limitt=5", "unknown key eval.zeroshot.limitt"),
     ],
 )
 def test_bad_values_fail_validation_with_a_clear_message(override, message):

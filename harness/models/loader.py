@@ -66,8 +66,11 @@ class ModelConfig(Keyed):
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """`auto` = this process's GPU (cuda:LOCAL_RANK when several processes share a node), else CPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        from harness.distributed import device as rank_device
+
+        return rank_device()
     return torch.device(device)
 
 
@@ -134,6 +137,38 @@ def _needs_harness_skeleton(hf_config) -> bool:
     )
 
 
+def check_loadable(model_dir: str | Path) -> None:
+    """Raise ValueError unless `model_dir` holds a config and safetensors whose tensor names and
+    shapes are exactly those of the model its config describes (built on the meta device, so no
+    weights are read): the check that a directory is a model before anyone may load it."""
+    from safetensors import safe_open
+
+    from harness.models.uneven import build_skeleton
+
+    model_dir = Path(model_dir)
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+        files = sorted(model_dir.glob("*.safetensors"))
+        if not files:
+            raise ValueError("no safetensors files")
+        stored = {}
+        for f in files:
+            with safe_open(str(f), framework="pt") as st:
+                stored.update({k: tuple(st.get_slice(k).get_shape()) for k in st.keys()})
+        with torch.device("meta"):
+            skeleton = build_skeleton(config)
+    except Exception as e:  # noqa: BLE001 - unreadable config or truncated safetensors
+        raise ValueError(f"{model_dir} is not a complete model: {e}") from None
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    tied = {k for k in want if k not in stored and k.endswith("lm_head.weight")
+            and getattr(config, "tie_word_embeddings", False)}
+    missing = sorted(set(want) - set(stored) - tied)
+    wrong = sorted(k for k in set(want) & set(stored) if want[k] != stored[k])
+    if missing or wrong or set(stored) - set(want):
+        raise ValueError(f"{model_dir} is not a complete model: missing {missing[:5]}, "
+                         f"wrong shapes {wrong[:5]}, unexpected {sorted(set(stored) - set(want))[:5]}")
+
+
 def save_model(model, tokenizer, out_dir: str | Path, plan: dict | None = None) -> Path:
     """Write model (safetensors), tokenizer and `prune_plan.json` atomically into `out_dir`."""
     out = Path(out_dir)
@@ -145,6 +180,7 @@ def save_model(model, tokenizer, out_dir: str | Path, plan: dict | None = None) 
             tokenizer.save_pretrained(tmp)
         if plan is not None:
             (tmp / "prune_plan.json").write_text(json.dumps(plan, indent=2))
+        check_loadable(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
+from harness.distributed import on_main, world_size
 from harness.recovery.config import RecoverConfig
 from harness.recovery.data import CyclicDataset, load_examples
-from harness.recovery.trainer import LOG_NAME, NonFiniteLossError, read_log, world_size
+from harness.recovery.trainer import LOG_NAME, NonFiniteLossError, read_log
 
 __all__ = ["RecoverConfig", "NonFiniteLossError", "recover", "phase_steps", "min_tokens"]
 
@@ -113,7 +114,8 @@ def recover(
     per_step = cfg.batch_size * cfg.grad_accum * world  # examples per optimizer step
     budget = sum(steps for _, steps in plan) * per_step * cfg.seq_len
     examples = load_examples(cfg.data, cfg.seq_len, train_ids, tokenizer, max_tokens=budget)
-    metrics: dict[str, float] = {"recover/budget_tokens": cfg.tokens}
+    metrics: dict[str, float] = {"recover/budget_tokens": cfg.tokens, "recover/world_size": world,
+                                 "recover/global_batch": per_step}
     first = 0
     for phase, steps in plan:
         dataset = CyclicDataset(examples, start=first, count=steps * per_step)
@@ -130,7 +132,7 @@ def recover(
             **extra,
         )
         metrics.update({f"recover/{phase}/{k}": v for k, v in phase_metrics.items()})
-    _combine_logs(out, [phase for phase, _ in plan])
+    on_main(lambda: _combine_logs(out, [phase for phase, _ in plan]))
     phases = [phase for phase, _ in plan]
     # this run's wall time plus the training time earlier attempts left in their checkpoints
     prior = sum(metrics[f"recover/{p}/prior_time_s"] for p in phases)

@@ -10,8 +10,11 @@ Plain fields with defaults so Hydra can compose into it. Methods:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import ClassVar
+
+import torch
 
 from harness.keys import Keyed
 from harness.models.adapters.base import LLAMA_PROJECTIONS
@@ -20,6 +23,7 @@ METHODS = ("none", "lora", "cpt", "cpt_lora", "kd")
 DATA_SUFFIXES = (".txt", ".jsonl", ".json")
 TEMPLATES = ("alpaca",)
 BF16_CHOICES = ("auto", "true", "false")
+FSDP_MODES = ("none", "full_shard", "shard_grad_op")
 
 
 @dataclass
@@ -30,7 +34,8 @@ class RecoverConfig(Keyed):
                    "lora_lr", "weight_decay", "adam_beta1", "adam_beta2", "warmup_ratio",
                    "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
                    "kd_temperature", "kd_alpha", "data", "prompt_template", "seed", "bf16")
-    NOT_DETERMINING = ("gradient_checkpointing", "save_steps", "logging_steps", "disable_tqdm")
+    NOT_DETERMINING = ("gradient_checkpointing", "save_steps", "logging_steps", "disable_tqdm",
+                       "fsdp", "fsdp_offload")
     # determining fields that only some methods read; every other one applies to all methods
     USED_BY: ClassVar[dict[str, tuple[str, ...]]] = {
         "cpt_fraction": ("cpt_lora",),
@@ -68,6 +73,10 @@ class RecoverConfig(Keyed):
     seed: int = 0
     bf16: str = "auto"  # auto = bf16 mixed precision on GPU, fp32 on CPU; or true / false
     disable_tqdm: bool = False
+    # FSDP (harness.recovery.fsdp): how training is spread over the processes, not what it
+    # computes (equal curves up to float rounding), so not determining
+    fsdp: str = "none"  # none | full_shard | shard_grad_op
+    fsdp_offload: bool = False  # sharded params, grads and optimizer state on the CPU
 
     def key_fields(self) -> dict:
         """Only the name when recovery is off; otherwise no other method's settings."""
@@ -134,6 +143,17 @@ class RecoverConfig(Keyed):
             (
                 str(self.bf16).lower() in BF16_CHOICES,
                 f"recover.bf16 must be one of {BF16_CHOICES}, got {self.bf16!r}",
+            ),
+            (self.fsdp in FSDP_MODES, f"recover.fsdp must be one of {FSDP_MODES}, got {self.fsdp!r}"),
+            (
+                self.fsdp != "none" or not self.fsdp_offload,
+                "recover.fsdp_offload=true needs recover.fsdp=full_shard or shard_grad_op",
+            ),
+            (
+                self.fsdp == "none" or (torch.cuda.is_available() and "LOCAL_RANK" in os.environ),
+                f"recover.fsdp={self.fsdp} needs GPUs and a distributed launch (torchrun, "
+                "accelerate launch or SLURM tasks, one process is enough): accelerate shards "
+                "only multi-GPU runs and would silently train unsharded",
             ),
         ]
         for ok, message in checks:

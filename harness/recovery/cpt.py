@@ -16,7 +16,7 @@ def run_cpt(
 ) -> tuple[object, dict]:
     """Train every parameter of `model` in place; return (model in eval mode, phase metrics)."""
     model.requires_grad_(True)
-    metrics = train_phase(
+    model, metrics = train_phase(
         model, dataset, out_dir, cfg, lr=cfg.lr, max_steps=max_steps, **phase_kwargs
     )
     metrics["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -63,7 +63,7 @@ def run_kd(
     if vocab_s != vocab_t:
         raise ValueError(f"KD needs one vocabulary: student has {vocab_s}, teacher {vocab_t}")
     model.requires_grad_(True)
-    metrics = train_phase(
+    model, metrics = train_phase(
         model,
         dataset,
         out_dir,

@@ -49,7 +49,7 @@ def run_lora(
     peft_model = attach_lora(model, cfg)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     try:
-        metrics = train_phase(
+        peft_model, metrics = train_phase(
             peft_model, dataset, out_dir, cfg, lr=cfg.lora_lr, max_steps=max_steps, **phase_kwargs
         )
     except BaseException:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import re
 import shutil
 import time
@@ -20,6 +19,9 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
+
+from harness.distributed import barrier, on_main
+from harness.recovery.fsdp import fsdp_arguments, gather_plain, meta_copy
 
 MARKER = "COMPLETE"
 LOG_NAME = "train_log.csv"
@@ -29,11 +31,6 @@ _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss; the message names the step and the last good checkpoint."""
-
-
-def world_size() -> int:
-    """Number of training processes (set by `accelerate launch` / torchrun; 1 otherwise)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def use_bf16(cfg) -> bool:
@@ -60,12 +57,16 @@ def last_complete_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def prepare_resume(run_dir: str | Path) -> Path | None:
-    """Delete incomplete checkpoints (main process only); return the newest complete one."""
-    if int(os.environ.get("RANK", "0")) == 0:
+    """Delete incomplete checkpoints and return the newest complete one; decided on rank 0, so
+    every rank resumes from the same step."""
+
+    def decide():
         for _, path, ok in checkpoints(run_dir):
             if not ok:
                 shutil.rmtree(path, ignore_errors=True)
-    return last_complete_checkpoint(run_dir)
+        return last_complete_checkpoint(run_dir)
+
+    return on_main(decide)
 
 
 def read_log(path: str | Path) -> list[dict[str, float]]:
@@ -113,6 +114,7 @@ class CompletionMarker(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        barrier()  # every rank has written its part (RNG state, FSDP shards) before the marker
         if state.is_world_process_zero and path.is_dir():
             spent = self.prior_s + time.perf_counter() - self.start
             (path / MARKER).write_text(f"step {state.global_step}\ntime_s {spent:.3f}\n")
@@ -171,7 +173,8 @@ def training_args(
         max_grad_norm=cfg.max_grad_norm,
         bf16=use_bf16(cfg),
         use_cpu=not cuda,
-        activation_checkpointing=cfg.gradient_checkpointing,  # non-reentrant by default
+        # non-reentrant by default; under FSDP its own activation checkpointing does this
+        activation_checkpointing=cfg.gradient_checkpointing and cfg.fsdp == "none",
         save_strategy="steps",
         save_steps=cfg.save_steps or max(1, max_steps // 10),
         save_total_limit=2,
@@ -184,6 +187,7 @@ def training_args(
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,
         remove_unused_columns=False,
+        **fsdp_arguments(cfg),
     )
 
 
@@ -199,22 +203,23 @@ def train_phase(
     callbacks=(),
     trainer_cls=RecoveryTrainer,
     **trainer_kwargs,
-) -> dict[str, float]:
+) -> tuple[torch.nn.Module, dict[str, float]]:
     """Train `model` in place for `max_steps` optimizer steps, resuming from `out_dir` if a
-    complete checkpoint is there. Returns tokens_seen, steps, first/final loss, time_s (training
-    seconds over every attempt, up to the checkpoint resumed from plus this run) and prior_time_s."""
+    complete checkpoint is there. Returns (model, metrics): the trained model (a plain copy when
+    FSDP sharded the original) and tokens_seen, steps, first/final loss, time_s (training seconds
+    over every attempt, up to the checkpoint resumed from plus this run) and prior_time_s."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     resume = prepare_resume(out)
     prior = checkpoint_time(resume) if resume else 0.0
     log_path = out / LOG_NAME
-    if int(os.environ.get("RANK", "0")) == 0:
-        truncate_log(log_path, int(_CKPT.match(resume.name).group(1)) if resume else 0)
+    on_main(lambda: truncate_log(log_path, int(_CKPT.match(resume.name).group(1)) if resume else 0))
     half = (torch.bfloat16, torch.float16)
     dtype = next(model.parameters()).dtype
     upcast = any(p.requires_grad and p.dtype in half for p in model.parameters())
     if upcast:
         model.float()  # fp32 master weights; bf16 compute comes from autocast
+    skeleton = meta_copy(model) if cfg.fsdp != "none" else None
     trainer = trainer_cls(
         model=model,
         args=training_args(cfg, out, lr=lr, max_steps=max_steps, report_to=report_to),
@@ -223,16 +228,20 @@ def train_phase(
         callbacks=[CompletionMarker(prior), LossLog(log_path), *callbacks],
         **trainer_kwargs,
     )
+    if skeleton is not None and not trainer.is_fsdp_enabled:
+        raise RuntimeError(f"recover.fsdp={cfg.fsdp}: accelerate did not enable FSDP here")
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     elapsed = time.perf_counter() - start
-    if cfg.gradient_checkpointing and hasattr(model, "activation_checkpointing_disable"):
+    if skeleton is not None:
+        model = gather_plain(trainer.model, skeleton)
+    elif cfg.gradient_checkpointing and hasattr(model, "activation_checkpointing_disable"):
         model.activation_checkpointing_disable()
     if upcast:
         model.to(dtype)
     model.eval()
-    rows = read_log(log_path)
-    return {
+    rows = on_main(lambda: read_log(log_path))
+    return model, {
         "tokens_seen": int(trainer.state.num_input_tokens_seen),
         "steps": int(trainer.state.global_step),
         "first_loss": rows[0]["loss"] if rows else math.nan,
@@ -240,4 +249,5 @@ def train_phase(
         "time_s": prior + elapsed,
         "prior_time_s": prior,
         "resumed_from_step": int(_CKPT.match(resume.name).group(1)) if resume else 0,
+        "parallel": trainer.accelerator.distributed_type.value,  # NO, MULTI_GPU, FSDP, ...
     }

@@ -11,7 +11,11 @@ class PrintResults(Callback):
     table and write its tables and figures to results_dir; otherwise print the grouped table."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from harness.distributed import is_main
         from harness.sweeps.report import experiment_report, print_table
+
+        if not is_main():  # a sweep under torchrun: rank 0 reports
+            return
 
         experiment = config.get("experiment", "default")
         if experiment and experiment != "default":
