@@ -3,7 +3,8 @@ process at the same global batch, and everything that must happen once happens o
 
 Each launch starts processes that import torch, so there are few: one reference sweep (one
 process), one `accelerate launch --cpu --num_processes 2` sweep (DDP, all four methods), a
-sweep killed mid-training on one rank, then relaunched, and FSDP2's sharding (torch's own
+sweep killed mid-training on one rank, then relaunched as a SLURM job would run (two submitit
+tasks, local executor), and FSDP2's sharding (torch's own
 `fully_shard`, which runs on gloo) gathered back into a plain model. The Trainer's FSDP itself
 is GPU-only (accelerate enables it for multi-GPU runs only): its configuration is tested here,
 its training in benchmarks/gpu_suite.sh.
@@ -136,7 +137,10 @@ def test_run_killed_on_one_rank_resumes_from_its_last_complete_checkpoint(assets
     assert killed.returncode != 0
     work = [p for p in (out / "cache" / "work").iterdir()]
     assert len(work) == 1 and (work[0] / "kd" / "checkpoint-2" / "COMPLETE").exists()
-    launch(torchrun("-m", "harness", *args), cwd=assets)
+    # relaunched as a SLURM job would run: submitit tasks (local executor), one per rank
+    launch([sys.executable, "-m", "harness", *args, "hydra/launcher=local",
+            "hydra.launcher.tasks_per_node=2", "hydra.launcher.timeout_min=10"], cwd=assets)
+    assert len(list((out / "sweep" / ".submitit").glob("*/*_1_log.err"))) == 2  # task 1 ran
     two, one = jobs(out / "sweep"), jobs(reference / "sweep")
     for method in ("kd", "cpt_lora"):
         assert_same_curve(two[method], one[method])
@@ -144,7 +148,25 @@ def test_run_killed_on_one_rank_resumes_from_its_last_complete_checkpoint(assets
     table = pd.read_csv(out / "results" / "results.csv").set_index("recover.name")
     assert table.loc["kd", "recover/kd/resumed_from_step"] == 2
     assert table.loc["cpt_lora", "recover/cpt/resumed_from_step"] == 0
+    assert set(table["recover/world_size"]) == {2}  # same key as the killed torchrun run
     assert not any((out / "cache" / "work").iterdir())  # training state gone once published
+
+
+def test_slurm_jobs_run_one_task_per_gpu_and_requeue():
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import get_class
+
+    from harness.cli import CONF_DIR
+    from harness.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm",
+                                           "hydra.launcher.gpus_per_node=8"],
+                      return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["tasks_per_node"] == 8 and launcher["max_num_timeout"] > 0
+    assert callable(get_class(launcher["_target_"]).checkpoint)  # resubmits the same job
 
 
 def test_fsdp2_sharded_model_gathers_back_into_the_plain_model(tmp_path):
