@@ -5,9 +5,14 @@ returns {index: score} for exactly those candidates. With `unit="attn"`/`"mlp"` 
 removing only that sublayer of the block. Loss everywhere is the mean next-token cross-entropy
 over all calibration tokens.
 
-- ppl: calibration perplexity with the block removed (Shortened LLaMA). `ppl_scores` caches
-  the block boundaries of one dense pass and, for candidate i, runs only blocks i+1..L-1;
-  `ppl_scores_naive` runs the whole model once per candidate. Both give the same numbers.
+- ppl: calibration perplexity with the block removed (Shortened LLaMA). `ppl_scores` makes
+  one block-by-block pass carrying one residual stream per candidate, so candidate i runs only
+  blocks i+1..L-1 and each block is loaded once; `ppl_scores_naive` runs the whole model once
+  per candidate. Both give the same numbers.
+
+ppl, block_influence and angular run block by block (harness.pruning.sequential): one block on
+the compute device at a time plus the hidden states they keep, so a model larger than the
+device can be scored from CPU memory.
 - taylor: sum over the block's weights of |w * dL/dw| (one backward over the whole
   calibration batch; each gradient is folded into its block's score and freed on arrival).
   Like Shortened LLaMA's code: norm weights count, biases (Qwen2's q/k/v) do not.
@@ -25,7 +30,6 @@ over all calibration tokens.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -41,56 +45,10 @@ from harness.pruning.blocks import (
     skip_sublayer,
 )
 from harness.pruning.grads import streamed_grads
+from harness.pruning.sequential import compute_device, head_on, walk
 
 CRITERIA = ("ppl", "taylor", "magnitude", "block_influence", "angular", "last", "random")
 BLOCK_ONLY = ("angular",)  # criteria that cannot score a single sublayer
-
-
-@dataclass
-class Trace:
-    """One dense pass: `hidden[i]` is block i's input (`hidden[L]` the last block's output),
-    `mid[i]` block i's residual stream after attention, `kwargs[i]` what the model passed
-    block i (rotary embeddings, causal mask, positions)."""
-
-    hidden: list[torch.Tensor] = field(default_factory=list)
-    mid: list[torch.Tensor] = field(default_factory=list)
-    kwargs: list[dict] = field(default_factory=list)
-
-
-@torch.no_grad()
-def dense_trace(model: nn.Module, ids: torch.Tensor, mids: bool = True) -> Trace:
-    """Run the model once and record every block boundary (without the KV cache);
-    `mids=False` leaves out the post-attention states, to save memory."""
-    adapter = adapter_for(model)
-    trace, layers, handles = Trace(), adapter.layers(model), []
-
-    def block_in(_m, args, kwargs):
-        trace.hidden.append(args[0] if args else kwargs["hidden_states"])
-        trace.kwargs.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
-
-    def mid_in(_m, args):
-        trace.mid.append(args[0])
-
-    for layer in layers:
-        handles.append(layer.register_forward_pre_hook(block_in, with_kwargs=True))
-        if mids:
-            handles.append(adapter.mid_module(layer).register_forward_pre_hook(mid_in))
-    handles.append(layers[-1].register_forward_hook(lambda _m, _a, out: trace.hidden.append(out)))
-    try:
-        adapter.backbone(model)(input_ids=ids.to(model.device), use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    return trace
-
-
-@torch.no_grad()
-def run_from(model: nn.Module, trace: Trace, start: int, hidden: torch.Tensor) -> torch.Tensor:
-    """Feed `hidden` through blocks start..L-1 with the kwargs of the dense pass."""
-    layers = decoder_layers(model)
-    for j in range(start, len(layers)):
-        hidden = layers[j](hidden, **trace.kwargs[j])
-    return hidden
 
 
 def lm_loss(model: nn.Module, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -117,20 +75,38 @@ def candidates(model, unit: str, protect_first: int, protect_last: int) -> list[
 
 
 @torch.no_grad()
-def ppl_scores(model, ids, cands, unit: str = "block") -> dict[int, float]:
-    """Perplexity with each candidate removed, resuming from cached block boundaries."""
-    trace, layers = dense_trace(model, ids, mids=unit == "mlp"), decoder_layers(model)
-    scores = {}
-    for i in tqdm(cands, desc=f"ppl criterion ({unit})", leave=False):
-        if unit == "block":
-            hidden = trace.hidden[i]
-        elif unit == "mlp":
-            hidden = trace.mid[i]  # block i without its MLP ends at the post-attention residual
-        else:
-            with skip_sublayer(model, i, unit):
-                hidden = layers[i](trace.hidden[i], **trace.kwargs[i])
-        scores[i] = perplexity(model, run_from(model, trace, i + 1, hidden), ids)
-    return scores
+def ppl_scores(model, ids, cands, unit: str = "block", device=None) -> dict[int, float]:
+    """Perplexity with each candidate removed, in one block-by-block pass (harness.pruning.
+    sequential): at block j the dense stream and the stream of every candidate i < j (the
+    residual stream without i, started at i's input, or for mlp at its post-attention state)
+    go through block j, so each block is loaded once and candidate i costs only the blocks
+    after it."""
+    device = compute_device(model, device)
+    adapter, wanted, streams, mids = adapter_for(model), set(cands), {}, {}
+
+    def capture_mid(i, layer):
+        if unit != "mlp" or i not in wanted:
+            return []
+        return [adapter.mid_module(layer).register_forward_pre_hook(
+            lambda _m, args: mids.__setitem__(i, args[0]))]
+
+    def advance(j, layer, kwargs, hidden_in):
+        for i in streams:
+            streams[i] = layer(streams[i], **kwargs)
+        if j in wanted:
+            if unit == "block":
+                streams[j] = hidden_in
+            elif unit == "mlp":
+                streams[j] = mids.pop(j)  # block j without its MLP ends after attention
+            else:
+                with skip_sublayer(model, j, unit):
+                    streams[j] = layer(hidden_in, **kwargs)
+
+    for _ in tqdm(walk(model, ids, device, capture_mid, advance), desc=f"ppl criterion ({unit})",
+                  total=len(decoder_layers(model)), leave=False):
+        pass
+    with head_on(model, device):
+        return {i: perplexity(model, streams[i], ids) for i in cands}
 
 
 @torch.no_grad()
@@ -188,26 +164,42 @@ def _mean_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def block_influence_scores(model, ids, cands, unit: str = "block") -> dict[int, float]:
-    """1 - mean cosine between what enters and what leaves the block (or sublayer)."""
-    t = dense_trace(model, ids, mids=unit != "block")
-    ends = {
-        "block": lambda i: (t.hidden[i], t.hidden[i + 1]),
-        "attn": lambda i: (t.hidden[i], t.mid[i]),
-        "mlp": lambda i: (t.mid[i], t.hidden[i + 1]),
-    }[unit]
-    return {i: 1.0 - _mean_cosine(*ends(i)).item() for i in cands}
+def block_influence_scores(model, ids, cands, unit: str = "block",
+                           device=None) -> dict[int, float]:
+    """1 - mean cosine between what enters and what leaves the block (or sublayer), block by
+    block (harness.pruning.sequential)."""
+    adapter, wanted, mids, scores = adapter_for(model), set(cands), {}, {}
+
+    def capture_mid(i, layer):
+        if unit == "block" or i not in wanted:
+            return []
+        return [adapter.mid_module(layer).register_forward_pre_hook(
+            lambda _m, args: mids.__setitem__(i, args[0]))]
+
+    for i, h_in, h_out in walk(model, ids, compute_device(model, device), capture_mid):
+        if i in wanted:
+            a, b = {"block": (h_in, h_out), "attn": (h_in, mids.get(i)),
+                    "mlp": (mids.get(i), h_out)}[unit]
+            scores[i] = 1.0 - _mean_cosine(a, b).item()
+        if i >= max(cands, default=-1):
+            break
+    return {i: scores[i] for i in cands}
 
 
 @torch.no_grad()
-def angular_scores(model, ids, cands, n: int) -> dict[int, float]:
-    """Angular distance between h_l and h_{l+n} for every window l..l+n-1 inside `cands`."""
-    t, allowed = dense_trace(model, ids, mids=False), set(cands)
-    scores = {}
-    for start in cands:
-        if all(j in allowed for j in range(start, start + n)):
-            cos = F.cosine_similarity(t.hidden[start].float(), t.hidden[start + n].float(), dim=-1)
+def angular_scores(model, ids, cands, n: int, device=None) -> dict[int, float]:
+    """Angular distance between h_l and h_{l+n} for every window l..l+n-1 inside `cands`, block
+    by block, keeping only the last n block boundaries."""
+    allowed, kept, scores = set(cands), {}, {}
+    for i, h_in, h_out in walk(model, ids, compute_device(model, device)):
+        kept[i] = h_in
+        start = i + 1 - n  # the window start..i ends at h_out
+        if start in allowed and all(j in allowed for j in range(start, start + n)):
+            cos = F.cosine_similarity(kept[start].float(), h_out.float(), dim=-1)
             scores[start] = (torch.arccos(cos.clamp(-1.0, 1.0)) / math.pi).mean().item()
+        kept.pop(start, None)
+        if start >= max(cands, default=-1):
+            break
     return scores
 
 

@@ -19,7 +19,8 @@ F = mean over samples of per-sample g_i^2, i.e. LLM-Pruner's `acc_grad`, batch o
   flap: Var(x_col) * ||W_col||^2 (FLAP's WIFV; squared again for attention, as FLAP does),
   with the exact token variance over all calibration tokens (FLAP's incremental formula
   drops the first sample's spread) and per-layer mean/std kept for its standardised search.
-Activation statistics come from the dense model (one pass), so scores are computed once.
+Activation statistics come from the dense model (one pass, block by block: one block on the
+compute device at a time, see harness.pruning.sequential), so scores are computed once.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from harness.pruning import criteria
 from harness.pruning.criteria import WidthCriterion, register
 from harness.pruning.grads import streamed_grads
 from harness.pruning.ratio import effective_unit, resolve_layers
+from harness.pruning.sequential import compute_device, walk
 
 REDUCTIONS = ("sum", "mean", "max", "prod")
 
@@ -173,10 +175,13 @@ def _grad_member_scores(model, slots, passes, ids, calib_info) -> dict:
     return member
 
 
-def _input_statistics(ctx: ScoringContext) -> dict:
-    """{(layer, kind): (tokens, sum x, sum x^2, output projection)} of the inputs of the
-    attention's and the MLP's output projections, over all calibration tokens, in float64."""
-    stats: dict = {}
+def _input_statistics(ctx: ScoringContext, device=None):
+    """Yield ((layer, kind), (tokens, sum x, sum x^2, output projection)) for every scored
+    layer: statistics, in float64 over all calibration tokens, of the inputs of the attention's
+    and the MLP's output projections. Block by block (harness.pruning.sequential); each layer's
+    pair is yielded while its block is on the compute device, then dropped."""
+    adapter = adapter_for(ctx.model)
+    scored, stats = set(ctx.layers), {}
 
     def make(key):
         def pre(_mod, args):
@@ -188,17 +193,23 @@ def _input_statistics(ctx: ScoringContext) -> dict:
 
         return pre
 
-    adapter = adapter_for(ctx.model)
-    layers = adapter.layers(ctx.model)
-    mods = {(i, k): adapter.out_proj(layers[i], k) for i in ctx.layers for k in ctx.kinds}
-    handles = [m.register_forward_pre_hook(make(k)) for k, m in mods.items()]
-    try:
-        with torch.no_grad():
-            ctx.model(ctx.calib, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    return {key: (*stats[key], mod) for key, mod in mods.items()}
+    def hooks(i, layer):
+        if i not in scored:
+            return []
+        return [adapter.out_proj(layer, k).register_forward_pre_hook(make((i, k)))
+                for k in ctx.kinds]
+
+    ready = []
+
+    def collect(i, layer, _kwargs, _hidden):  # the block is still on the device here
+        ready.extend(((i, k), (*stats.pop((i, k)), adapter.out_proj(layer, k)))
+                     for k in ctx.kinds if (i, k) in stats)
+
+    for i, _, _ in walk(ctx.model, ctx.calib, compute_device(ctx.model, device), hooks, collect):
+        yield from ready
+        ready.clear()
+        if i >= max(ctx.layers, default=-1):
+            break
 
 
 def _units(ctx: ScoringContext, i: int, kind: str) -> int:
@@ -208,24 +219,25 @@ def _units(ctx: ScoringContext, i: int, kind: str) -> int:
 
 def _wanda_sp_scores(ctx: ScoringContext) -> None:
     """mean over rows of |W| * ||x_col|| (root mean square over samples), summed per unit."""
-    for (i, kind), (_, _, s2, mod) in _input_statistics(ctx).items():
+    for (i, kind), (_, _, s2, mod) in _input_statistics(ctx):
         w = mod.weight.detach().double()
-        col = (w.abs() * (s2 / len(ctx.calib)).sqrt()).mean(0)
-        getattr(ctx.out, kind)[i] = col.reshape(_units(ctx, i, kind), -1).sum(1)
+        col = (w.abs() * (s2.to(w.device) / len(ctx.calib)).sqrt()).mean(0)
+        getattr(ctx.out, kind)[i] = col.reshape(_units(ctx, i, kind), -1).sum(1).cpu()
 
 
 def _flap_scores(ctx: ScoringContext) -> None:
     """Var(x_col) * ||W_col||^2 (squared for attention), per-layer mean/std, input means."""
     out = ctx.out
-    for (i, kind), (cnt, s1, s2, mod) in _input_statistics(ctx).items():
+    for (i, kind), (cnt, s1, s2, mod) in _input_statistics(ctx):
         w = mod.weight.detach().double()
+        s1, s2 = s1.to(w.device), s2.to(w.device)
         var = (s2 - s1.square() / cnt) / (cnt - 1)
         col = var * w.square().sum(0)
         if kind == "attn":
             col = col.square()
-        getattr(out, kind)[i] = col.reshape(_units(ctx, i, kind), -1).mean(1)
+        getattr(out, kind)[i] = col.reshape(_units(ctx, i, kind), -1).mean(1).cpu()
         getattr(out, f"{kind}_stats")[i] = (col.mean().item(), col.std().item())
-        getattr(out, f"{kind}_mean_inp")[i] = (s1 / cnt).float()
+        getattr(out, f"{kind}_mean_inp")[i] = (s1 / cnt).float().cpu()
 
 
 def _random_scores(ctx: ScoringContext) -> None:
