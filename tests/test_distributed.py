@@ -272,3 +272,27 @@ def test_an_incomplete_model_dir_is_never_published(tmp_path):
     with pytest.raises(ValueError, match="not a complete model"):
         save_model(wrong, None, tmp_path / "wrong")
     assert not (tmp_path / "wrong").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Trainer's FSDP needs GPUs")
+def test_fsdp_training_on_gpus_gives_the_one_process_curves(assets, tmp_path):
+    """GPU only (benchmarks/gpu_suite.sh runs it): FSDP2 full shard with CPU offload and
+    activation checkpointing through the Trainer, fp32, against one process without FSDP."""
+    nproc = min(2, torch.cuda.device_count())
+    methods, plain = ("kd", "cpt_lora"), ["logger=none", "recover.bf16=false"]
+    one = [*overrides(assets, tmp_path / "one", 8, methods), *plain,
+           f"hydra.sweep.dir={tmp_path / 'one_sweep'}"]
+    launch([sys.executable, "-m", "harness", *one], cwd=tmp_path)
+    sharded = [*overrides(assets, tmp_path, 8 // nproc, methods), *plain,
+               "recover.fsdp=full_shard", "recover.fsdp_offload=true",
+               "recover.gradient_checkpointing=true", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    launch([sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={nproc}", "-m", "harness", *sharded], cwd=tmp_path)
+    got, want = jobs(tmp_path / "sweep"), jobs(tmp_path / "one_sweep")
+    for method in ("kd", "cpt_lora"):
+        a, b = curve(got[method]), curve(want[method])
+        assert (a["loss"] - b["loss"]).abs().max() <= 1e-3, (a, b)
+        load_model(str(got[method] / "model"))
+    table = pd.read_csv(tmp_path / "results" / "results.csv").set_index("recover.name")
+    assert table.loc["kd", "recover/kd/parallel"] == "FSDP"
+    assert table.loc["cpt_lora", "recover/lora/parallel"] == "FSDP"
