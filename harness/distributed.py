@@ -54,10 +54,16 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def use_cpu() -> bool:
+    """No GPU, or `accelerate launch --cpu` asked for the CPU."""
+    return not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in (
+        "true", "1")
+
+
 def device() -> torch.device:
     """This rank's device: cuda:LOCAL_RANK on a GPU machine (modulo the GPUs this process sees,
     for schedulers that show each task only its own), else the CPU."""
-    if not torch.cuda.is_available():
+    if use_cpu():
         return torch.device("cpu")
     return torch.device("cuda", local_rank() % torch.cuda.device_count())
 
@@ -78,9 +84,9 @@ def setup() -> None:
     export_slurm_tasks()
     if world_size() <= 1 or dist.is_initialized():
         return
-    if torch.cuda.is_available():
+    if not use_cpu():
         torch.cuda.set_device(device())
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = "gloo" if use_cpu() else "nccl"
     dist.init_process_group(backend=backend, timeout=TIMEOUT)
     _START["time"] = on_main(time.time)
     log.info("rank %d of %d (%s, %s)", rank(), world_size(), backend, device())
