@@ -126,3 +126,39 @@ def test_activation_width_scores_equal_whole_model_statistics(arch, gqa, criteri
                 assert torch.equal(getattr(got, f"{kind}_mean_inp")[i], (s1 / cnt).float())
                 assert getattr(got, f"{kind}_stats")[i] == (col.mean().item(), col.std().item())
             assert torch.equal(getattr(got, kind)[i], want), (i, kind)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_recomputed_blocks_leave_gradient_scores_bitwise_unchanged(arch, monkeypatch):
+    """Gradient criteria keep one block's activations at a time (recomputed in the backward
+    pass); the scores are those of the backward that keeps them all."""
+    from contextlib import nullcontext
+
+    from harness.pruning import grads
+    from harness.pruning.depth_scores import taylor_scores
+
+    model, ids = tiny_model(arch, layers=5), calib()
+    cfgs = {c: WidthPruneConfig(criterion=c, unit_ratio=0.25, layer_start=1, layer_end=-1)
+            for c in ("taylor", "taylor2", "vector", "param_mix")}
+
+    def all_scores():
+        calls = []  # MLP forwards: the recomputation calls the block's forward directly
+        hooks = [adapter_for(model).mlp(layer).register_forward_pre_hook(
+            lambda _m, _a: calls.append(1)) for layer in adapter_for(model).layers(model)]
+        try:
+            width = {c: score_groups(model, cfg, ids) for c, cfg in cfgs.items()}
+            depth = taylor_scores(model, ids, candidates(model, "block", 1, 1))
+        finally:
+            for h in hooks:
+                h.remove()
+        return width, depth, len(calls)
+
+    recomputed = all_scores()
+    monkeypatch.setattr(grads, "recomputed_blocks", lambda model: nullcontext())
+    kept = all_scores()
+    assert recomputed[2] > kept[2]  # the backward passes really ran the blocks again
+    assert recomputed[1] == kept[1]
+    for c in cfgs:
+        a, b = recomputed[0][c], kept[0][c]
+        for i in a.layers:
+            assert torch.equal(a.attn[i], b.attn[i]) and torch.equal(a.mlp[i], b.mlp[i]), (c, i)
