@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-NEEDS = ("gradients", "fisher", "activations")
+NEEDS = ("gradients", "fisher", "activations", "losses")
 # Config fields every width criterion's scores depend on (the importance cache key).
 COMMON_KEY_FIELDS = ("criterion", "reduction", "attn_unit", "layer_start", "layer_end",
                      "prune_attn", "prune_mlp")
@@ -34,12 +34,17 @@ class WidthCriterion:
 
     needs: what scoring computes from the calibration batch: `gradients` (one backward over the
         batch), `fisher` (one backward per sample), `activations` (statistics of the output
-        projections' inputs). Any need means calibration ids are required.
+        projections' inputs), `losses` (forward passes of the model with units removed). Any
+        need means calibration ids are required.
     joint_selection: with scope=global, heads and channels compete in one ranking of per-layer
         standardised scores (FLAP's search) instead of two separate rankings.
     compensates_bias: removed inputs' calibration means are folded into the output projection's
         bias (FLAP); the run can still switch it off with `flap_bias_compensation=false`.
     key_fields: config fields beyond COMMON_KEY_FIELDS that its scores depend on.
+    gqa_foldable: scores are sums over q/o slices that LLM-Pruner's alignment code can fold onto
+        KV channels (`prune.gqa_fold=llm_pruner`; see width_scores).
+    scores_mlp: it can score MLP channels itself; if not (loss), `prune.mlp_criterion` (default
+        taylor) scores them.
     """
 
     name: str
@@ -48,6 +53,8 @@ class WidthCriterion:
     joint_selection: bool = False
     compensates_bias: bool = False
     key_fields: tuple[str, ...] = ()
+    gqa_foldable: bool = False
+    scores_mlp: bool = True
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - set(NEEDS)
@@ -84,10 +91,28 @@ def get(name: str) -> WidthCriterion:
 
 
 def cache_fields(cfg) -> dict:
-    """The config fields that determine a width criterion's scores (never the size)."""
+    """The config fields that determine a width criterion's scores (never the size). Fields
+    added later (`gqa_fold`, `mlp_criterion`) enter only when set away from their default, so
+    scores cached before them keep their keys."""
     crit = get(cfg.criterion)
     fields = COMMON_KEY_FIELDS + crit.key_fields
-    return {"method": "width", **{k: getattr(cfg, k) for k in fields}}
+    out = {"method": "width", **{k: getattr(cfg, k) for k in fields}}
+    out.update(cfg.non_default(cfg.LATE_FIELDS))
+    return out
+
+
+def mlp_criterion(cfg) -> str:
+    """The criterion that scores MLP channels: `mlp_criterion`, else the criterion itself, else
+    taylor (for criteria that score attention units only)."""
+    if cfg.mlp_criterion is not None:
+        return cfg.mlp_criterion
+    return cfg.criterion if get(cfg.criterion).scores_mlp else "taylor"
+
+
+def mlp_choices() -> tuple[str, ...]:
+    """Criteria that can score MLP channels on their own (no joint search, no bias folding)."""
+    return tuple(n for n in names() if (c := get(n)).scores_mlp and not c.joint_selection
+                 and not c.compensates_bias)
 
 
 def compensates(cfg) -> bool:

@@ -110,6 +110,13 @@ def _round(x: float) -> int:
     return int(math.floor(x + 0.5 + 1e-9))
 
 
+def _llm_pruner_removed(r: float, units: int, size: int) -> int:
+    """Units removed by LLM-Pruner's MetaPruner for ratio r: it keeps int(units*size*(1-r))
+    channels and removes whole units (heads of `size` channels) from the rest."""
+    channels = units * size
+    return (channels - int(channels * (1 - r))) // size
+
+
 def removed_params(geo: Geometry, cfg, n_pruned: int, attn_removed: int, mlp_kept: int) -> int:
     """Params removed by these totals, minus biases FLAP compensation adds (upper bound)."""
     dropped = n_pruned * geo.inter - mlp_kept
@@ -142,18 +149,25 @@ def solve_counts(geo: Geometry, cfg, n_pruned: int) -> Counts:
         raise ValueError("attn_unit='kv_group' cannot prune a model with 1 KV head; use q_head")
     if cfg.unit_ratio is not None:
         r = cfg.unit_ratio
-        per = _round(r * geo.n_units) if cfg.prune_attn else 0
-        a = per * p if uniform else (_round(r * geo.n_units * p) if cfg.prune_attn else 0)
+        peer = getattr(cfg, "gqa_fold", "aligned") == "llm_pruner"  # LLM-Pruner's count rule
+        if peer:
+            per = _llm_pruner_removed(r, geo.n_units, geo.head_dim) if cfg.prune_attn else 0
+            a = per * p if uniform else (
+                _llm_pruner_removed(r, geo.n_units * p, geo.head_dim) if cfg.prune_attn else 0)
+        else:
+            per = _round(r * geo.n_units) if cfg.prune_attn else 0
+            a = per * p if uniform else (_round(r * geo.n_units * p) if cfg.prune_attn else 0)
         if per >= geo.n_units or a > a_max:
             raise ValueError(
                 f"unit_ratio={r} would remove all {geo.n_units} attention units ({geo.unit}) of a layer"
             )
         k = k_max
         if cfg.prune_mlp and r > 0:
+            keep = int if peer else _round
             k = (
-                _round((1 - r) * geo.inter / cfg.align) * cfg.align * p
+                keep((1 - r) * geo.inter / cfg.align) * cfg.align * p
                 if uniform
-                else _round((1 - r) * k_max / cfg.align) * cfg.align
+                else keep((1 - r) * k_max / cfg.align) * cfg.align
             )
             if k < k_min:
                 raise ValueError(

@@ -15,7 +15,7 @@ standardised scores of both kinds, stopped where removed params best match the t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
@@ -32,17 +32,30 @@ from harness.pruning.width_scores import REDUCTIONS, WidthScores, score_groups
 
 ATTN_UNITS = ("q_head", "kv_group")
 SCOPES = ("uniform", "global")
+GQA_FOLDS = ("aligned", "llm_pruner")
 
 
 @dataclass
 class WidthPruneConfig(Keyed):
-    """Width pruning settings; exactly one of `ratio` (of total params) or `unit_ratio`."""
+    """Width pruning settings; exactly one of `ratio` (of total params) or `unit_ratio`.
+
+    `gqa_fold`: how a KV group's q_proj/o_proj members are scored on GQA models. `aligned`
+    (default) scores the query heads the group's removal cuts, {g*G .. g*G+G-1}. `llm_pruner`
+    is LLM-Pruner's GQA code as it is (llama3.py): q/o scores folded onto the KV channels with
+    `imp.view(G, -1).sum(0)`, i.e. group g scored with heads {g, g+K, g+2K, ...} while the cut
+    still removes {g*G ..}; with `unit_ratio` also its count rule (kept channels floored,
+    whole KV heads from the floor of removed channels: unit_ratio 0.63 of 3 groups removes 1).
+    `mlp_criterion`: what scores MLP channels (default: the criterion itself; taylor for
+    `loss`, which scores attention units only).
+    """
 
     SIZE_FIELDS: ClassVar[tuple[str, ...]] = ("ratio", "unit_ratio")
     DETERMINING = ("name", "criterion", "reduction", "attn_unit", "scope", "layer_start",
                    "layer_end", "ratio", "unit_ratio", "prune_attn", "prune_mlp", "align", "seed",
-                   "flap_bias_compensation")
+                   "flap_bias_compensation", "gqa_fold", "mlp_criterion")
     NOT_DETERMINING = ()
+    # added after results were published: keyed only when set, so earlier keys stay valid
+    LATE_FIELDS: ClassVar[tuple[str, ...]] = ("gqa_fold", "mlp_criterion")
 
     name: str = "width"
     criterion: str = "taylor"
@@ -58,14 +71,26 @@ class WidthPruneConfig(Keyed):
     align: int = 1
     seed: int = 0
     flap_bias_compensation: bool = True
+    gqa_fold: str = "aligned"
+    mlp_criterion: str | None = None
+
+    def non_default(self, names) -> dict:
+        """{name: value} for those of `names` whose value differs from the field default."""
+        defaults = {f.name: f.default for f in fields(self)}
+        return {k: getattr(self, k) for k in names if getattr(self, k) != defaults[k]}
 
     def key_fields(self) -> dict:
-        """The seed matters to the random criterion only, the bias compensation to FLAP only."""
+        """The seed matters to the random criterion only, the bias compensation to FLAP only;
+        gqa_fold and mlp_criterion only when set away from their defaults."""
         out = super().key_fields()
         if self.criterion != "random":
             del out["seed"]
         if self.criterion != "flap":
             del out["flap_bias_compensation"]
+        set_late = self.non_default(self.LATE_FIELDS)
+        for name in self.LATE_FIELDS:
+            if name not in set_late:
+                del out[name]
         return out
 
     def validate(self, hf_config) -> None:
@@ -77,7 +102,7 @@ class WidthPruneConfig(Keyed):
     def _check_choices(self) -> None:
         for key, choices in (
             ("criterion", criteria.names()), ("reduction", REDUCTIONS),
-            ("attn_unit", ATTN_UNITS), ("scope", SCOPES),
+            ("attn_unit", ATTN_UNITS), ("scope", SCOPES), ("gqa_fold", GQA_FOLDS),
         ):  # fmt: skip
             if getattr(self, key) not in choices:
                 raise ValueError(
@@ -99,9 +124,24 @@ class WidthPruneConfig(Keyed):
             )
         if not (self.prune_attn or self.prune_mlp):
             raise ValueError("width pruning needs prune_attn or prune_mlp (both are false)")
+        crit = criteria.get(self.criterion)
+        if self.gqa_fold != "aligned" and not crit.gqa_foldable:
+            foldable = [n for n in criteria.names() if criteria.get(n).gqa_foldable]
+            raise ValueError(f"prune.gqa_fold={self.gqa_fold} applies to LLM-Pruner's criteria "
+                             f"({', '.join(foldable)}), not {self.criterion}")
+        if self.mlp_criterion is not None:
+            if crit.joint_selection or crit.compensates_bias:
+                raise ValueError(f"prune.mlp_criterion cannot be set with {self.criterion}, "
+                                 "which scores heads and channels together")
+            if self.mlp_criterion not in criteria.mlp_choices():
+                raise ValueError(f"prune.mlp_criterion={self.mlp_criterion!r} is unknown; choose "
+                                 f"from {', '.join(criteria.mlp_choices())}")
 
     def _check_model(self, geo: R.Geometry) -> list[int]:
         layers = R.resolve_layers(self.layer_start, self.layer_end, geo.n_layers)
+        if self.gqa_fold == "llm_pruner" and geo.group > 1 and geo.unit != "kv_group":
+            raise ValueError("prune.gqa_fold=llm_pruner needs prune.attn_unit=kv_group on a GQA "
+                             "model (LLM-Pruner removes whole KV groups)")
         if self.prune_mlp and geo.inter % self.align:
             raise ValueError(f"width.align={self.align} does not divide the MLP size {geo.inter}")
         R.solve_counts(geo, self, len(layers))

@@ -18,7 +18,10 @@ F = mean over samples of per-sample g_i^2, i.e. LLM-Pruner's `acc_grad`, batch o
   wanda_sp mean_rows |W| * ||x_col|| on the o/down projections (FLAP's structured Wanda);
   flap: Var(x_col) * ||W_col||^2 (FLAP's WIFV; squared again for attention, as FLAP does),
   with the exact token variance over all calibration tokens (FLAP's incremental formula
-  drops the first sample's spread) and per-layer mean/std kept for its standardised search.
+  drops the first sample's spread) and per-layer mean/std kept for its standardised search;
+  loss: the measured calibration-loss increase of removing one attention unit alone
+  (width_loss.py); its MLP channels are scored by `mlp_criterion` (default taylor).
+`gqa_fold=llm_pruner` scores KV groups with LLM-Pruner's fold (see `_per_unit`).
 Activation statistics come from the dense model (one pass, block by block: one block on the
 compute device at a time, see harness.pruning.sequential), so scores are computed once.
 """
@@ -30,11 +33,13 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.models.adapters import adapter_for
+from harness.models.adapters.base import Member
 from harness.pruning import criteria
 from harness.pruning.criteria import WidthCriterion, register
 from harness.pruning.grads import streamed_grads
 from harness.pruning.ratio import effective_unit, resolve_layers
 from harness.pruning.sequential import compute_device, walk
+from harness.pruning.width_loss import measured_loss_scores
 
 REDUCTIONS = ("sum", "mean", "max", "prod")
 
@@ -56,14 +61,43 @@ class WidthScores:
     calibration: dict = field(default_factory=dict)
 
 
-def _per_unit(t: torch.Tensor, axis: int, n: int, vector: bool = False) -> torch.Tensor:
+@dataclass(frozen=True)
+class FoldedMember(Member):
+    """A q or o member of a KV group scored with LLM-Pruner's fold (`_per_unit`)."""
+
+    fold: int = 1
+
+
+def _per_unit(t: torch.Tensor, axis: int, n: int, vector: bool = False, fold: int = 1):
     """Sum a per-weight score over each unit's slice (|row or column sum| first if `vector`);
-    `t` is one member's slice, its `n` units along `axis`."""
+    `t` is one member's slice, its `n` units along `axis`.
+
+    fold > 1 is LLM-Pruner's GQA alignment (`imp.view(fold, -1).sum(0)` in the importance
+    classes of LLMPruner/pruner/hf_llama_pruner.py): the n_q*hd q/o scores are summed onto the
+    n_kv*hd KV channels, so KV group g collects query heads g, g+n_kv, g+2*n_kv, ... although its
+    removal cuts heads g*fold .. g*fold+fold-1."""
     if t.dim() == 2:
         t = t.sum(dim=1 - axis)
     if vector:
         t = t.abs()
+    if fold > 1:
+        t = t.reshape(fold, -1).sum(0)
     return t.reshape(n, -1).sum(1).double()
+
+
+def _fold(m) -> int:
+    return getattr(m, "fold", 1)
+
+
+def llm_pruner_folded(adapter, layer, members: list) -> list:
+    """KV-group members with the query-head pieces (q rows, o columns) marked for the fold."""
+    p = adapter.pieces(layer)
+    group = p["q"].size // p["k"].size
+    heads = {(id(p[k].module.weight), p[k].offset) for k in ("q", "o")}
+    heads |= {(id(p["q"].module.bias), p["q"].offset)} if getattr(
+        p["q"].module, "bias", None) is not None else set()
+    return [FoldedMember(m.param, m.axis, m.offset, m.size, group)
+            if (id(m.param), m.offset) in heads else m for m in members]
 
 
 def _reduce(member_scores: list[torch.Tensor], how: str) -> torch.Tensor:
@@ -94,8 +128,12 @@ class ScoringContext:
         """{(layer, kind): (units, [Member])} for every scored group (see adapters.base)."""
         adapter = adapter_for(self.model)
         layers = adapter.layers(self.model)
-        return {(i, k): adapter.members(layers[i], k, self.unit)
-                for i in self.layers for k in self.kinds}
+        out = {(i, k): adapter.members(layers[i], k, self.unit)
+               for i in self.layers for k in self.kinds}
+        if getattr(self.cfg, "gqa_fold", "aligned") == "llm_pruner" and self.unit == "kv_group":
+            out = {(i, k): (n, llm_pruner_folded(adapter, layers[i], ms) if k == "attn" else ms)
+                   for (i, k), (n, ms) in out.items()}
+        return out
 
     def reduce_into_out(self, member: dict, slots: dict) -> None:
         """Combine per-member unit scores {((layer, kind), j): tensor} with `cfg.reduction`."""
@@ -114,14 +152,18 @@ def score_groups(model, cfg, calib_ids: torch.Tensor | None = None) -> WidthScor
     unit = effective_unit(cfg.attn_unit, shape.n_q, shape.n_kv)
     kinds = [k for k, on in (("attn", cfg.prune_attn), ("mlp", cfg.prune_mlp)) if on]
     out = WidthScores(cfg.criterion, cfg.reduction, unit, layers)
-    if crit.needs_calibration:
+    # MLP channels may be scored by another criterion (prune.mlp_criterion; taylor for `loss`)
+    mlp_crit = criteria.get(criteria.mlp_criterion(cfg))
+    jobs = [(crit, kinds)] if mlp_crit is crit else [
+        (c, [k]) for c, k in ((crit, "attn"), (mlp_crit, "mlp")) if k in kinds]
+    if any(c.needs_calibration for c, _ in jobs):
         if calib_ids is None or calib_ids.dim() != 2:
-            raise ValueError(
-                f"criterion {cfg.criterion!r} needs calib_ids as a [samples, seq] tensor"
-            )
+            names = "/".join(c.name for c, _ in jobs)
+            raise ValueError(f"criterion {names!r} needs calib_ids as a [samples, seq] tensor")
         calib_ids = calib_ids.to(model.get_input_embeddings().weight.device)
         out.calibration = {"num_samples": calib_ids.shape[0], "seq_len": calib_ids.shape[1]}
-    crit.scorer(ScoringContext(model, cfg, calib_ids, layers, kinds, unit, out))
+    for c, job_kinds in jobs:
+        c.scorer(ScoringContext(model, cfg, calib_ids, layers, job_kinds, unit, out))
     return out
 
 
@@ -143,19 +185,20 @@ def _grad_member_scores(model, slots, passes, ids, calib_info) -> dict:
         grad, weight = p.grad.float(), p.detach().float()
         mode = state["mode"]
         for slot, m, n in info[id(p)]:
-            g, w, axis = m.take(grad), m.take(weight), m.axis
+            g, w, axis, fold = m.take(grad), m.take(weight), m.axis, _fold(m)
             if mode == "fisher":
                 prev = fisher.get(slot)
                 fisher[slot] = g.square() * state["scale"] + (0 if prev is None else prev)
             elif mode == "second":
-                member[slot] = member[slot] + _per_unit((w * g).square(), axis, n) * state["scale"]
+                member[slot] = member[slot] + _per_unit(
+                    (w * g).square(), axis, n, fold=fold) * state["scale"]
             elif mode == "mix":
                 s = (w * g - 0.5 * w.square() * fisher.pop(slot)).abs()
-                member[slot] = member[slot] + _per_unit(s, axis, n)
+                member[slot] = member[slot] + _per_unit(s, axis, n, fold=fold)
             else:
                 wg = w * g
                 member[slot] = member[slot] + _per_unit(
-                    wg.abs() if mode == "first" else wg, axis, n, mode == "vector"
+                    wg.abs() if mode == "first" else wg, axis, n, mode == "vector", fold
                 )
 
     losses = []
@@ -251,7 +294,7 @@ def _magnitude_scorer(f):
         slots = ctx.slots()
         with torch.no_grad():
             member = {
-                (key, j): _per_unit(f(m.take(m.param.detach()).float()), m.axis, n)
+                (key, j): _per_unit(f(m.take(m.param.detach()).float()), m.axis, n, fold=_fold(m))
                 for key, (n, ms) in slots.items()
                 for j, m in enumerate(ms)
             }
@@ -272,15 +315,20 @@ def _gradient_scorer(per_sample: str | None, whole_batch: str | None):
 
 for _crit in (
     WidthCriterion("random", _random_scores, key_fields=("seed",)),
-    WidthCriterion("l1", _magnitude_scorer(torch.abs)),
-    WidthCriterion("l2", _magnitude_scorer(torch.square)),
-    WidthCriterion("taylor", _gradient_scorer(None, "first"), needs=frozenset({"gradients"})),
-    WidthCriterion("taylor2", _gradient_scorer("second", None), needs=frozenset({"fisher"})),
-    WidthCriterion("vector", _gradient_scorer(None, "vector"), needs=frozenset({"gradients"})),
+    WidthCriterion("l1", _magnitude_scorer(torch.abs), gqa_foldable=True),
+    WidthCriterion("l2", _magnitude_scorer(torch.square), gqa_foldable=True),
+    WidthCriterion("taylor", _gradient_scorer(None, "first"), needs=frozenset({"gradients"}),
+                   gqa_foldable=True),
+    WidthCriterion("taylor2", _gradient_scorer("second", None), needs=frozenset({"fisher"}),
+                   gqa_foldable=True),
+    WidthCriterion("vector", _gradient_scorer(None, "vector"), needs=frozenset({"gradients"}),
+                   gqa_foldable=True),
     WidthCriterion("param_mix", _gradient_scorer("fisher", "mix"),
-                   needs=frozenset({"gradients", "fisher"})),
+                   needs=frozenset({"gradients", "fisher"}), gqa_foldable=True),
     WidthCriterion("wanda_sp", _wanda_sp_scores, needs=frozenset({"activations"})),
     WidthCriterion("flap", _flap_scores, needs=frozenset({"activations"}),
                    joint_selection=True, compensates_bias=True),
+    WidthCriterion("loss", measured_loss_scores, needs=frozenset({"losses"}),
+                   scores_mlp=False),
 ):
     register(_crit)
