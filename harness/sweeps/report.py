@@ -62,7 +62,20 @@ def method_label(row: pd.Series) -> str:
         return "Dense"
     label = f"{name.capitalize()} {row.get('prune.criterion', '')}".strip()
     unit = row.get("prune.unit")
-    return f"{label} ({unit})" if isinstance(unit, str) and unit != "block" else label
+    label = f"{label} ({unit})" if isinstance(unit, str) and unit != "block" else label
+    return label + width_variant(row)
+
+
+def width_variant(row: pd.Series) -> str:
+    """' (LLM-Pruner fold)' for gqa_fold=llm_pruner rows (our width rows are aligned unless
+    marked), ' (MLP: taylor)' for a criterion scoring only attention, e.g. loss."""
+    out = ""
+    if row.get("prune.gqa_fold") == "llm_pruner":
+        out += " (LLM-Pruner fold)"
+    mlp = row.get("prune.mlp_criterion")
+    if isinstance(mlp, str) or row.get("prune.criterion") == "loss":
+        out += f" (MLP: {mlp if isinstance(mlp, str) else 'taylor'})"
+    return out
 
 
 def paper_table(part: pd.DataFrame) -> pd.DataFrame:

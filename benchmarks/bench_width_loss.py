@@ -1,0 +1,67 @@
+"""Cost of the measured-loss width criterion next to Taylor's: block forwards and wall time.
+
+    python benchmarks/bench_width_loss.py                      # SmolLM2-135M, LLM-Pruner's shape
+    python benchmarks/bench_width_loss.py --unit q_head --layer-end -2   # the default layer range
+    python benchmarks/bench_width_loss.py --tiny               # random 30-layer tiny Llama
+
+Taylor needs one forward and one backward over the calibration batch; `loss` reruns blocks
+i..L-1 once per attention unit of every pruned layer i (prefix cached, see
+harness/pruning/width_loss.py), plus Taylor's pass for the MLP channels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+
+from harness.pruning.blocks import count_block_forwards  # noqa: E402
+from harness.pruning.width import WidthPruneConfig  # noqa: E402
+from harness.pruning.width_scores import score_groups  # noqa: E402
+
+
+def load(args):
+    if args.tiny:
+        from harness.models.tiny import tiny_model
+
+        model = tiny_model("llama", layers=30, hidden=128, heads=4, intermediate=256, vocab=512)
+        ids = torch.randint(0, 512, (10, 128), generator=torch.Generator().manual_seed(0))
+        return model, ids, "tiny llama, 30 layers"
+    from harness.data.protocol import calibration_ids
+    from harness.models.loader import load_model
+
+    model, tokenizer = load_model(args.model)
+    return model, calibration_ids(tokenizer), args.model
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2_135m")
+    parser.add_argument("--tiny", action="store_true", help="random tiny model, runs anywhere")
+    parser.add_argument("--unit", default="kv_group", choices=["kv_group", "q_head"])
+    parser.add_argument("--layer-start", type=int, default=4)
+    parser.add_argument("--layer-end", type=int, default=28)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, ids, label = load(args)
+    print(f"{label}: {ids.shape[0]} x {ids.shape[1]} calibration tokens, attn_unit={args.unit}, "
+          f"layers [{args.layer_start}, {args.layer_end})")
+    print(f"{'criterion':<10} {'block forwards':>15} {'seconds':>9}")
+    for criterion in ("taylor", "loss"):
+        cfg = WidthPruneConfig(criterion=criterion, attn_unit=args.unit, ratio=0.2,
+                               layer_start=args.layer_start, layer_end=args.layer_end)
+        start = time.perf_counter()
+        with count_block_forwards(model) as counter:
+            score_groups(model, cfg, ids)
+        print(f"{criterion:<10} {counter.count:>15} {time.perf_counter() - start:>9.1f}")
+
+
+if __name__ == "__main__":
+    main()
