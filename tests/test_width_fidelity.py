@@ -171,3 +171,17 @@ def test_new_fields_leave_keys_unchanged_at_their_defaults():
     assert folded.key_fields() == {**keys, "gqa_fold": "llm_pruner"}
     assert criteria.cache_fields(folded)["gqa_fold"] == "llm_pruner"
     assert criteria.cache_fields(cfg_(criterion="loss", mlp_criterion="l2"))["mlp_criterion"] == "l2"
+
+
+def test_fidelity_agreement_counts_units_both_keep_or_both_remove():
+    from harness.sweeps.fidelity import width_agreement
+
+    fixture = {"dense": {"kv_heads": 3},
+               "layers": {"4": {"kept_kv_heads": [0, 1], "kept_q_heads": [0, 1, 2, 3, 4, 5],
+                                "mlp_kept_mask": "f0"},
+                          "5": {"kept_kv_heads": [1, 2], "kept_q_heads": [3, 4, 5, 6, 7, 8],
+                                "mlp_kept_mask": "0f"}}}
+    plan = {"layers": {"4": {"kept_kv_heads": [0, 1], "kept_mlp_channels": [4, 5, 6, 7]},
+                       "5": {"kept_kv_heads": [0, 2], "kept_mlp_channels": [0, 1, 2, 4]}}}
+    kv, ch, same = width_agreement(plan, fixture)
+    assert (kv, ch, same) == (100 * 4 / 6, 100 * 14 / 16, 1)

@@ -3,7 +3,7 @@
 Peers (LLM-Pruner's llama3.py, shortened-llm) were run on the offline protocol's own inputs
 outside this repository; their kept sets, parameters and PPL are the fixtures in
 tests/fixtures/peers/ (each names the peer commit, command and adaptations). Our side is the
-results table: width rows of `experiment=fidelity` (LLM-Pruner's shape, both `gqa_fold`
+results table: width rows of `experiment=llm_pruner_shape` (LLM-Pruner's shape, both `gqa_fold`
 variants, the measured-loss criterion) and depth rows removing 8 or 13 whole blocks. Kept-set
 agreement is the % of units (KV groups, MLP channels, blocks) that both keep or both remove; for
 width it is read from each run's `model/prune_plan.json` (run_dir column) and carried over from
@@ -81,9 +81,9 @@ def _fmt(x, digits=2) -> str:
 def width_rows(table: pd.DataFrame, fixtures: dict, previous: pd.DataFrame) -> list[dict]:
     rows = []
     exp = table.get("experiment", pd.Series("", index=table.index)).fillna("")
-    part = table[exp.str.contains("fidelity") & (table["prune.name"] == "width")]
+    part = table[exp.str.contains("llm_pruner_shape") & (table["prune.name"] == "width")]
     for name, fx in fixtures.items():
-        if not name.startswith("llm_pruner_"):
+        if not name.startswith("llm_pruner_") or fx.get("runs") is False:
             continue
         base = {"Method": f"LLM-Pruner {fx['criterion']}", "Size": f"unit ratio {fx['unit_ratio']}"}
         rows.append({**base, "Code": f"peer ({fx['peer']['commit'][:7]})",
@@ -144,7 +144,7 @@ def cheapest_hits(table: pd.DataFrame, fixtures: dict) -> dict:
     """Layers (of 24) where a Taylor variant at unit ratio 0.33 removes the KV group whose
     removal alone raises the calibration loss least (the `loss` run's choice, by construction)."""
     exp = table.get("experiment", pd.Series("", index=table.index)).fillna("")
-    part = table[exp.str.contains("fidelity") & (table["prune.unit_ratio"] == 0.33)]
+    part = table[exp.str.contains("llm_pruner_shape") & (table["prune.unit_ratio"] == 0.33)]
     plans = {}
     for _, r in part.iterrows():
         fold = r.get("prune.gqa_fold")
@@ -164,7 +164,19 @@ def cheapest_hits(table: pd.DataFrame, fixtures: dict) -> dict:
             for name, kept in plans.items() if name != "loss"}
 
 
-def render(width: list[dict], depth: list[dict], hits: dict | None = None) -> str:
+def not_runnable(fixtures: dict) -> str:
+    """Peers whose code cannot run on this model, with the error and why (fixture `runs`)."""
+    parts = []
+    for fx in fixtures.values():
+        if fx.get("runs") is False:
+            why = " ".join(f"({k}) {w}" for k, w in enumerate(fx["why"], 1))
+            parts.append(f"**{fx['peer']['repo']}** ({fx['peer']['commit'][:7]}; `{fx['command']}`)"
+                         f" does not run on this model: `{fx['error']}` {why}")
+    return "\n\n".join(parts)
+
+
+def render(width: list[dict], depth: list[dict], hits: dict | None = None,
+           blocked: str = "") -> str:
     w = pd.DataFrame(width)
     d = pd.DataFrame(depth)
     for frame in (w, d):
@@ -184,12 +196,13 @@ def render(width: list[dict], depth: list[dict], hits: dict | None = None) -> st
         "the offline protocol's 10 x 128 c4_calib calibration, PPL at seq_len 128, fp32 CPU; "
         "agreement = % of units both keep or both remove). Peer rows: tests/fixtures/peers/ "
         "(commit, command, adaptations; — = not evaluated with the peer's code). Regenerate: "
-        "`harness experiment=fidelity`, `harness experiment=fidelity prune.criterion=loss "
-        "prune.gqa_fold=aligned`, `harness experiment=depth_criteria`, then "
+        "`harness experiment=llm_pruner_shape`, `harness experiment=llm_pruner_shape "
+        "prune.criterion=loss prune.gqa_fold=aligned`, `harness experiment=depth_criteria`, then "
         "`python -m harness.sweeps.fidelity --write`.\n\n"
         f"Width, {SHAPE}:\n\n{w.to_markdown(index=False) if len(w) else '(no rows)'}\n\n"
         f"Depth, whole blocks (protect first 4, last 2):\n\n"
-        f"{d.to_markdown(index=False) if len(d) else '(no rows)'}\n\n{READING}\n"
+        f"{d.to_markdown(index=False) if len(d) else '(no rows)'}\n\n"
+        + (f"FLAP and Wanda-sp: {blocked}\n\n" if blocked else "") + f"{READING}\n"
         + ("\nMeasured here: the KV group each variant removes at unit ratio 0.33 is the truly "
            "cheapest one (the loss criterion's choice) in "
            + "; ".join(f"{k}: {v} of 24 layers" for k, v in sorted(hits.items())) + ".\n"
@@ -209,7 +222,7 @@ def main(argv=None) -> None:
     prev_csv = out / "fidelity.csv"
     previous = pd.read_csv(prev_csv) if prev_csv.exists() else pd.DataFrame()
     width, depth = width_rows(table, fixtures, previous), depth_rows(table, fixtures)
-    text = render(width, depth, cheapest_hits(table, fixtures))
+    text = render(width, depth, cheapest_hits(table, fixtures), not_runnable(fixtures))
     print(text)
     if args.write:
         write_text_atomic(out / "fidelity.md", text)
