@@ -97,6 +97,7 @@ def _variants(tiny_dir) -> list[RunSpec]:
         spec(replace(depth, criterion="random")),
         spec(WidthPruneConfig(ratio=0.2, criterion="flap", layer_start=0, layer_end=4)),
         spec(WidthPruneConfig(unit_ratio=0.2, criterion="random", layer_start=0, layer_end=4)),
+        spec(WidthPruneConfig(unit_ratio=0.2, attn_unit="kv_group", layer_start=0, layer_end=4)),
         *[spec(depth, RecoverConfig(name=m, tokens=4096, bf16="false")) for m in METHODS if m != "none"],
     ]
 

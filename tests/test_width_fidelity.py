@@ -160,17 +160,15 @@ def test_bad_settings_fail_in_one_line(kw, msg):
         cfg_(layer_start=4, layer_end=-2, **kw).validate(shape_config("smollm2_135m_shape"))
 
 
-def test_new_fields_leave_keys_unchanged_at_their_defaults():
-    """Rows and cached stages made before gqa_fold/mlp_criterion existed keep their keys."""
-    cfg = cfg_()
-    keys = cfg.key_fields()
-    assert "gqa_fold" not in keys and "mlp_criterion" not in keys
-    assert set(keys) < set(asdict(cfg))
-    assert "gqa_fold" not in criteria.cache_fields(cfg)
-    folded = cfg_(gqa_fold="llm_pruner")
-    assert folded.key_fields() == {**keys, "gqa_fold": "llm_pruner"}
-    assert criteria.cache_fields(folded)["gqa_fold"] == "llm_pruner"
+def test_gqa_fold_and_mlp_criterion_key_only_where_they_apply():
+    """Both fields are in the run and importance keys of criteria they change, not of others."""
+    taylor, flap, loss = cfg_(), cfg_(criterion="flap"), cfg_(criterion="loss")
+    assert taylor.key_fields()["gqa_fold"] == "aligned"
+    assert criteria.cache_fields(cfg_(gqa_fold="llm_pruner"))["gqa_fold"] == "llm_pruner"
+    assert "gqa_fold" not in flap.key_fields() and "gqa_fold" not in loss.key_fields()
+    assert "mlp_criterion" not in flap.key_fields()
     assert criteria.cache_fields(cfg_(criterion="loss", mlp_criterion="l2"))["mlp_criterion"] == "l2"
+    assert set(taylor.key_fields()) < set(asdict(taylor))
 
 
 def test_fidelity_agreement_counts_units_both_keep_or_both_remove():

@@ -91,13 +91,13 @@ def get(name: str) -> WidthCriterion:
 
 
 def cache_fields(cfg) -> dict:
-    """The config fields that determine a width criterion's scores (never the size). Fields
-    added later (`gqa_fold`, `mlp_criterion`) enter only when set away from their default, so
-    scores cached before them keep their keys."""
+    """The config fields that determine a width criterion's scores (never the size), with the
+    GQA fold and the MLP criterion where they apply (see WidthPruneConfig.key_fields)."""
     crit = get(cfg.criterion)
     fields = COMMON_KEY_FIELDS + crit.key_fields
     out = {"method": "width", **{k: getattr(cfg, k) for k in fields}}
-    out.update(cfg.non_default(cfg.LATE_FIELDS))
+    keyed = cfg.key_fields()
+    out.update({k: keyed[k] for k in ("gqa_fold", "mlp_criterion") if k in keyed})
     return out
 
 

@@ -15,7 +15,7 @@ standardised scores of both kinds, stopped where removed params best match the t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -54,8 +54,6 @@ class WidthPruneConfig(Keyed):
                    "layer_end", "ratio", "unit_ratio", "prune_attn", "prune_mlp", "align", "seed",
                    "flap_bias_compensation", "gqa_fold", "mlp_criterion")
     NOT_DETERMINING = ()
-    # added after results were published: keyed only when set, so earlier keys stay valid
-    LATE_FIELDS: ClassVar[tuple[str, ...]] = ("gqa_fold", "mlp_criterion")
 
     name: str = "width"
     criterion: str = "taylor"
@@ -74,23 +72,20 @@ class WidthPruneConfig(Keyed):
     gqa_fold: str = "aligned"
     mlp_criterion: str | None = None
 
-    def non_default(self, names) -> dict:
-        """{name: value} for those of `names` whose value differs from the field default."""
-        defaults = {f.name: f.default for f in fields(self)}
-        return {k: getattr(self, k) for k in names if getattr(self, k) != defaults[k]}
-
     def key_fields(self) -> dict:
-        """The seed matters to the random criterion only, the bias compensation to FLAP only;
-        gqa_fold and mlp_criterion only when set away from their defaults."""
+        """The seed matters to the random criterion only, the bias compensation to FLAP only,
+        the GQA fold to LLM-Pruner's criteria only, mlp_criterion to criteria that allow it."""
         out = super().key_fields()
+        known = self.criterion in criteria.names()
+        crit = criteria.get(self.criterion) if known else None
         if self.criterion != "random":
             del out["seed"]
         if self.criterion != "flap":
             del out["flap_bias_compensation"]
-        set_late = self.non_default(self.LATE_FIELDS)
-        for name in self.LATE_FIELDS:
-            if name not in set_late:
-                del out[name]
+        if crit is None or not crit.gqa_foldable:
+            del out["gqa_fold"]
+        if crit is None or crit.joint_selection or crit.compensates_bias:
+            del out["mlp_criterion"]
         return out
 
     def validate(self, hf_config) -> None:
