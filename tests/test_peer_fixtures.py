@@ -5,7 +5,8 @@ offline protocol needed) come from running LLM-Pruner (llama3.py, its GQA entry 
 shortened-llm in a throwaway environment outside this repository. Here:
 - `prune.gqa_fold=llm_pruner` keeps, in every layer 4..27, the peer's KV groups, query heads and
   MLP channels (taylor param_first / param_second / vectorize at 0.33 and 0.63);
-- depth ppl and Taylor+ (protect 4 first, 2 last) remove the peer's 8 and 13 blocks.
+- depth Taylor+ (protect 4 first, 2 last) removes the peer's 8 and 13 blocks (and ppl, for
+  every shortened_llm_*.json present).
 """
 
 from __future__ import annotations
@@ -78,10 +79,11 @@ def test_aligned_default_differs_from_the_peer_only_in_kv_groups(smollm2):
         assert plan[int(i)]["kept_mlp_channels"] == kept_channels(peer["mlp_kept_mask"])
 
 
-@pytest.mark.parametrize("crit", ["ppl", "taylor"])
-def test_depth_removes_the_peers_blocks(smollm2, crit):
+@pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("shortened_llm_*.json")))
+def test_depth_removes_the_peers_blocks(smollm2, name):
     model, calib = smollm2
-    fixture = load(f"shortened_llm_{crit}.json")
+    fixture = load(name)
+    crit = fixture["criterion"]
     cfg = DepthPruneConfig(criterion=crit, num_blocks=8)
     scores = score_blocks(model, cfg, calib)
     for n, removed in fixture["removed"].items():
