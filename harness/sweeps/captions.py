@@ -113,7 +113,8 @@ def regenerate_commands(part: pd.DataFrame, experiment: str) -> list[str]:
     pruned, evals = part[name != "none"], eval_overrides(part)
     own_dense = sweep_has_dense(experiment)
     cmd = [f"harness experiment={experiment}"]
-    if not own_dense and len(pruned) and pruned["prune.ratio"].notna().all():
+    sized = "prune.ratio" in pruned and pruned["prune.ratio"].notna().all()  # not unit_ratio
+    if not own_dense and len(pruned) and sized:
         ratios = ",".join(f"{r:g}" for r in sorted(pruned["prune.ratio"].unique()))
         cmd.append(f"'prune.ratio={ratios}'" if "," in ratios else f"prune.ratio={ratios}")
     budget = recovery_budget(part)

@@ -32,12 +32,13 @@ fold (and LLM-Pruner's count rule: kept channels floored, whole KV heads from th
 removed channels, so unit ratio 0.63 removes 1 of 3 groups) and selects exactly the peer's kept
 KV groups, query heads and MLP channels in every layer, for every criterion stored
 (tests/test_peer_fixtures.py). The MLP channels never depend on the fold: at the same counts
-both variants agree on all of them. (2) *Chance-level Taylor for KV groups.* Measured directly
-(removing one KV group alone, calibration loss increase), neither Taylor variant picks the truly
-cheapest group much more often than chance (1 in 3): the peer's better PPL at 0.33 is luck, not
-a better criterion. (3) *The measured-loss criterion* (`prune.criterion=loss`, MLP channels by
-Taylor) drops the truly cheapest group per layer by construction and beats both at the same
-parameter count."""
+both variants agree on all of them. (2) *Taylor is a poor guide for units this coarse.* The
+measured-loss criterion (`prune.criterion=loss`: each KV group removed alone from the dense
+model, calibration-loss increase; MLP channels by Taylor as before) drops the truly cheapest
+group of every layer by construction; how often each Taylor variant drops that same group is
+measured below (chance is 1 in 3). (3) Whichever fold is used, the measured loss beats Taylor at
+the same parameter count (table above): the peer's better PPL than our aligned Taylor at 0.33
+comes from which group its mis-aligned score happens to drop, not from a better criterion."""
 
 
 def _mask(hexmask: str) -> set[int]:
