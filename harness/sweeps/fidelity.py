@@ -89,8 +89,7 @@ def width_rows(table: pd.DataFrame, fixtures: dict, previous: pd.DataFrame) -> l
         base = {"Method": f"LLM-Pruner {fx['criterion']}", "Size": f"unit ratio {fx['unit_ratio']}"}
         rows.append({**base, "Code": f"peer ({fx['peer']['commit'][:7]})",
                      "Params": fx["params"], "wiki_test": (fx["ppl"] or {}).get("wiki_test"),
-                     "c4_test": (fx["ppl"] or {}).get("c4_test"),
-                     "KV groups agree %": 100.0, "MLP channels agree %": 100.0})
+                     "c4_test": (fx["ppl"] or {}).get("c4_test")})
         crit = fx["criterion"]
         ours = part[(part["prune.criterion"].isin([crit, "loss"]))
                     & (part["prune.unit_ratio"] == fx["unit_ratio"])]
@@ -129,7 +128,7 @@ def depth_rows(table: pd.DataFrame, fixtures: dict) -> list[dict]:
         for n, removed in fx["removed"].items():
             base = {"Method": label, "Size": f"{n} blocks"}
             rows.append({**base, "Code": f"peer ({fx['peer']['commit'][:7]})",
-                         "Blocks agree %": 100.0, "Removed": str(removed)})
+                         "Removed": str(removed)})
             ours = part[(part["prune.criterion"] == fx["criterion"])
                         & (part["prune/removed"].map(lambda s: len(json.loads(s))) == int(n))]
             for _, r in ours.head(1).iterrows():
@@ -180,6 +179,8 @@ def render(width: list[dict], depth: list[dict], hits: dict | None = None,
            blocked: str = "") -> str:
     w = pd.DataFrame(width)
     d = pd.DataFrame(depth)
+    if len(w):  # per method and size: the peer first, then our variants
+        w = w.sort_values(["Method", "Size"], kind="stable").reset_index(drop=True)
     for frame in (w, d):
         for col in ("wiki_test", "c4_test"):
             if col in frame:
@@ -195,8 +196,11 @@ def render(width: list[dict], depth: list[dict], hits: dict | None = None,
     return (
         "**Fidelity: peer code vs this harness on the same model and inputs** (SmolLM2-135M, "
         "the offline protocol's 10 x 128 c4_calib calibration, PPL at seq_len 128, fp32 CPU; "
-        "agreement = % of units both keep or both remove). Peer rows: tests/fixtures/peers/ "
-        "(commit, command, adaptations; — = not evaluated with the peer's code). Regenerate: "
+        "agreement with the peer row above = % of units both keep or both remove). Peer rows: "
+        "tests/fixtures/peers/ (commit, command, adaptations; — = not evaluated with the peer's "
+        "code); tests/test_peer_fixtures.py asserts that `prune.gqa_fold=llm_pruner` selects "
+        "every peer kept set listed (all layers, KV groups, heads and MLP channels). "
+        "Regenerate: "
         "`harness experiment=llm_pruner_shape`, `harness experiment=llm_pruner_shape "
         "prune.criterion=loss prune.gqa_fold=aligned`, `harness experiment=depth_criteria`, then "
         "`python -m harness.sweeps.fidelity --write`.\n\n"
