@@ -5,11 +5,12 @@ First-order Taylor scores are a poor guide for units as coarse as a KV group (a 
 SmolLM2 layer's attention): on SmolLM2 they pick the truly cheapest group in 8 of 24 layers,
 chance level (results/fidelity.md). Measuring the loss is exact for one removal at a time.
 
-Cost is kept down the way the depth `ppl` criterion does it (depth_scores.ppl_scores): one dense
-pass records the hidden states entering every block; for a unit of layer i only blocks i..L-1
-run again, with the unit's query heads zeroed at o_proj's input (exactly what removing them, and
-for a KV group its k/v rows too, does to the output). That is sum over pruned layers of
-units x (L - i) block forwards. MLP channels are scored by another criterion
+Cost is kept down the way the depth `ppl` criterion does it (depth_scores.ppl_scores): one
+block-by-block pass (harness.pruning.sequential); at a pruned layer i, each unit starts its own
+residual stream from the dense input of block i, with the unit's query heads zeroed at o_proj's
+input (exactly what removing them, and for a KV group its k/v rows too, does to the output), and
+every stream goes through the later blocks as they come. That is sum over pruned layers of
+units x (L - i) block forwards, each block loaded once. MLP channels are scored by another criterion
 (`prune.mlp_criterion`, default taylor). Scores are loss increases (lower = cheaper to remove),
 comparable across layers, so `scope=global` ranks them directly.
 """
@@ -21,7 +22,8 @@ from contextlib import contextmanager
 import torch
 
 from harness.models.adapters import adapter_for
-from harness.pruning.depth_scores import dense_trace, lm_loss, run_from
+from harness.pruning.depth_scores import lm_loss
+from harness.pruning.sequential import compute_device, head_on, walk
 
 
 def unit_heads(n_q: int, n_kv: int, unit: str) -> list[list[int]]:
@@ -55,16 +57,24 @@ def measured_loss_scores(ctx) -> None:
     if "attn" not in ctx.kinds:
         return
     model, ids, adapter = ctx.model, ctx.calib, adapter_for(ctx.model)
-    layers = adapter.layers(model)
-    trace = dense_trace(model, ids, mids=False)
-    base = lm_loss(model, trace.hidden[-1], ids).item()
+    device, pruned, streams = compute_device(model), set(ctx.layers), {}
+
+    def advance(j, layer, kwargs, hidden_in):
+        for key in streams:
+            streams[key] = layer(streams[key], **kwargs)
+        if j in pruned:
+            shape, o_proj = adapter.shape(layer), adapter.out_proj(layer, "attn")
+            for u, heads in enumerate(unit_heads(shape.n_q, shape.n_kv, ctx.unit)):
+                with heads_zeroed(o_proj, shape.head_dim, heads):
+                    streams[(j, u)] = layer(hidden_in, **kwargs)
+
+    dense = None
+    for step in walk(model, ids, device, visit=advance):
+        dense = step[2]  # the last block's output of the dense model
+    with head_on(model, device):
+        base = lm_loss(model, dense, ids).item()
+        losses = {key: lm_loss(model, h, ids).item() - base for key, h in streams.items()}
     ctx.out.calibration["loss"] = base
     for i in ctx.layers:
-        shape, o_proj = adapter.shape(layers[i]), adapter.out_proj(layers[i], "attn")
-        scores = []
-        for heads in unit_heads(shape.n_q, shape.n_kv, ctx.unit):
-            with heads_zeroed(o_proj, shape.head_dim, heads):
-                hidden = layers[i](trace.hidden[i], **trace.kwargs[i])
-            hidden = run_from(model, trace, i + 1, hidden)
-            scores.append(lm_loss(model, hidden, ids).item() - base)
-        ctx.out.attn[i] = torch.tensor(scores, dtype=torch.float64)
+        n = len([k for k in losses if k[0] == i])
+        ctx.out.attn[i] = torch.tensor([losses[(i, u)] for u in range(n)], dtype=torch.float64)
