@@ -13,6 +13,7 @@ from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
     Gemma3TextConfig,
+    GraniteConfig,
     LlamaConfig,
     MistralConfig,
     Olmo2Config,
@@ -40,6 +41,9 @@ CONFIGS = {
                                                   final_logit_softcapping=30.0),
     "phi3": lambda common, hd: Phi3Config(**common),  # fused qkv and gate_up
     "olmo2": lambda common, hd: Olmo2Config(**common),  # post-norms, q/k norms over the projection
+    "granite": lambda common, hd: GraniteConfig(  # scalar multipliers, none of them 1
+        **common, embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.2,
+        logits_scaling=4.0),
 }
 FAMILIES = tuple(CONFIGS)
 
