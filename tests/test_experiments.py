@@ -15,6 +15,14 @@ EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "experiments")
 def test_every_sweep_cell_validates(experiment):
     from hydra import compose, initialize_config_dir
 
+    from harness.assets import AssetError, gemma3_dir
+
+    if experiment == "gemma3":  # its model is opt-in (Gemma Terms of Use)
+        try:
+            gemma3_dir(fetch=False)
+        except AssetError as e:
+            pytest.skip(str(e))
+
     from harness.cli import CONF_DIR
     from harness.config import register_configs
 

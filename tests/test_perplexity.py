@@ -33,3 +33,24 @@ def test_perplexity_independent_of_batch_size():
     a = perplexity(model, ids, seq_len=32, batch_size=1, progress=False)["ppl"]
     b = perplexity(model, ids, seq_len=32, batch_size=6, progress=False)["ppl"]
     assert math.isclose(a, b, rel_tol=1e-5)
+
+
+def test_bos_conditions_every_window_but_is_not_scored():
+    """Gemma's windows get a BOS first (the adapter's needs_bos): same targets, other context."""
+    from harness.models.adapters import adapter_for
+
+    model = tiny_model("gemma3")
+    assert adapter_for(model).needs_bos and not adapter_for(tiny_model("llama")).needs_bos
+    ids = torch.randint(3, 256, (50,), generator=torch.Generator().manual_seed(2))
+    total, count = 0.0, 0
+    for w in windows(ids, 16):
+        row = torch.cat([torch.tensor([1]), w])  # BOS (id 1) + window
+        logprobs = torch.log_softmax(model(row[None]).logits[0].double(), -1)
+        for t in range(1, 16):  # position t predicts window token t (the BOS -> w[0] is not scored)
+            total -= logprobs[t, row[t + 1]].item()
+            count += 1
+    res = perplexity(model, ids, seq_len=16, batch_size=2, progress=False, bos_id=1)
+    plain = perplexity(model, ids, seq_len=16, batch_size=2, progress=False)
+    assert res["predicted"] == plain["predicted"] == count and res["tokens"] == plain["tokens"]
+    assert math.isclose(res["ppl"], math.exp(total / count), rel_tol=1e-5)
+    assert not math.isclose(res["ppl"], plain["ppl"], rel_tol=1e-3)

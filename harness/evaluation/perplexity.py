@@ -2,7 +2,9 @@
 
 The split's token stream is cut into non-overlapping windows of `seq_len` tokens (the last partial
 window is dropped); PPL = exp(total next-token NLL / number of predicted tokens) over all windows,
-so each window predicts `seq_len - 1` tokens.
+so each window predicts `seq_len - 1` tokens. Models trained with a leading BOS token (Gemma;
+the adapter's `needs_bos`) get one before each window: it conditions the window but is not a
+target, so the same `seq_len - 1` tokens per window are scored.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ def windows(ids: torch.Tensor, seq_len: int) -> torch.Tensor:
     return ids[: n * seq_len].view(n, seq_len)
 
 
+def with_bos(batch: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """[n, 1 + len] rows: `bos_id`, then each row of the [n, len] `batch`."""
+    return torch.cat([torch.full_like(batch[:, :1], bos_id), batch], dim=1)
+
+
 @torch.no_grad()
 def perplexity(
     model: torch.nn.Module,
@@ -30,11 +37,13 @@ def perplexity(
     batch_size: int = 8,
     desc: str = "ppl",
     progress: bool = True,
+    bos_id: int | None = None,
 ) -> dict[str, float]:
     """{'ppl', 'nll', 'tokens', 'predicted'} of `model` on the 1-D token stream `ids`.
 
     `tokens` counts the tokens in all windows (PROTOCOL.md's "tokens scored"); `predicted` the
-    next-token targets the mean NLL runs over (seq_len - 1 per window)."""
+    next-token targets the mean NLL runs over (seq_len - 1 per window). `bos_id`: a token put
+    before every window (not scored)."""
     device = next(model.parameters()).device
     chunks = windows(ids, seq_len)
     total_nll, total_tokens = 0.0, 0
@@ -42,7 +51,8 @@ def perplexity(
     model.eval()
     for start in tqdm(range(0, len(chunks), batch_size), desc=desc, disable=not progress):
         batch = chunks[start : start + batch_size].to(device)
-        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+        inputs = batch if bos_id is None else with_bos(batch, bos_id)
+        logits = model(input_ids=inputs, use_cache=False).logits[:, -batch.size(1):-1].float()
         targets = batch[:, 1:]
         nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum")
         total_nll += nll.item()

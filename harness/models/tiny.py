@@ -3,7 +3,7 @@
 `tiny_model("llama", gqa=True)` gives a 4-layer model with hidden size 64 (4 query heads of 16).
 Weights are random but seeded, so every test sees the same model. `FAMILIES` lists one tiny
 config per adapter; the family-parametrized equivalence tests run over all of them, so a new
-family needs one entry in `_family_config` here.
+family needs one entry in `CONFIGS` here.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
     Gemma3TextConfig,
+    GraniteConfig,
     LlamaConfig,
     MistralConfig,
     Olmo2Config,
@@ -23,7 +24,28 @@ from transformers import (
 )
 
 ARCHS = ("llama", "mistral", "qwen2")  # Llama's module layout
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "olmo2")
+
+# Gemma: sliding (window 6) and global layers alternate, scores and logits soft-capped.
+def _gemma(head_dim: int) -> dict:
+    return dict(head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=6)
+
+
+# One tiny config per family: (fields shared by all, head_dim) -> config.
+CONFIGS = {
+    "llama": lambda common, hd: LlamaConfig(**common),
+    "mistral": lambda common, hd: MistralConfig(**common, sliding_window=None),
+    "qwen2": lambda common, hd: Qwen2Config(**common),  # q/k/v biases
+    "qwen3": lambda common, hd: Qwen3Config(**common, head_dim=hd),  # per-head q/k norms
+    "gemma2": lambda common, hd: Gemma2Config(**common, **_gemma(hd)),
+    "gemma3": lambda common, hd: Gemma3TextConfig(**common, **_gemma(hd), sliding_window_pattern=2,
+                                                  final_logit_softcapping=30.0),
+    "phi3": lambda common, hd: Phi3Config(**common),  # fused qkv and gate_up
+    "olmo2": lambda common, hd: Olmo2Config(**common),  # post-norms, q/k norms over the projection
+    "granite": lambda common, hd: GraniteConfig(  # scalar multipliers, none of them 1
+        **common, embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.2,
+        logits_scaling=4.0),
+}
+FAMILIES = tuple(CONFIGS)
 
 
 def tiny_config(
@@ -51,26 +73,9 @@ def tiny_config(
         eos_token_id=2,
         pad_token_id=0,
     )
-    return _family_config(arch, common, hidden // heads)
-
-
-def _family_config(arch: str, common: dict, head_dim: int) -> PretrainedConfig:
-    # Gemma: sliding (window 6) and global layers alternate, scores and logits soft-capped.
-    gemma = dict(head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=6)
-    configs = {
-        "llama": lambda: LlamaConfig(**common),
-        "mistral": lambda: MistralConfig(**common, sliding_window=None),
-        "qwen2": lambda: Qwen2Config(**common),  # q/k/v biases
-        "qwen3": lambda: Qwen3Config(**common, head_dim=head_dim),  # per-head q/k norms
-        "gemma2": lambda: Gemma2Config(**common, **gemma),
-        "gemma3": lambda: Gemma3TextConfig(**common, **gemma, sliding_window_pattern=2,
-                                           final_logit_softcapping=30.0),
-        "phi3": lambda: Phi3Config(**common),  # fused qkv and gate_up
-        "olmo2": lambda: Olmo2Config(**common),  # post-norms, q/k norms over the projection
-    }
-    if arch not in configs:
+    if arch not in CONFIGS:
         raise ValueError(f"unknown tiny arch {arch!r}; choose from {', '.join(FAMILIES)}")
-    return configs[arch]()
+    return CONFIGS[arch](common, hidden // heads)
 
 
 def tiny_model(arch: str = "llama", gqa: bool = True, seed: int = 0, **kw) -> torch.nn.Module:

@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from harness.models.adapters import adapter_for
+from harness.models.adapters.base import LayerShape
 from harness.models.params import count_params
 from harness.pruning import criteria
 
@@ -39,23 +40,16 @@ def effective_unit(attn_unit: str, n_q: int, n_kv: int) -> str:
 
 
 @dataclass(frozen=True)
-class Geometry:
-    """Shapes shared by all decoder layers, the parameters one unit removes (read off the
-    adapter's members, so fused weights, biases and head-spanning norms count), and the
+class Geometry(LayerShape):
+    """The layer shape shared by all decoder layers, the parameters one unit removes (read off
+    the adapter's members, so fused weights, biases and head-spanning norms count), and the
     model's total parameter count."""
 
-    n_layers: int
-    hidden: int
-    n_q: int
-    n_kv: int
-    head_dim: int
-    inter: int
-    o_bias: bool
-    down_bias: bool
-    unit_params: int  # one attention unit: a KV group, or a q_head slot (one head per group)
-    channel_params: int  # one MLP channel
-    total: int
-    unit: str  # effective attention unit
+    n_layers: int = 0
+    unit_params: int = 0  # one attention unit: a KV group, or a q_head slot (one head per group)
+    channel_params: int = 0  # one MLP channel
+    total: int = 0
+    unit: str = "q_head"  # effective attention unit
 
     @classmethod
     def from_model(cls, model, attn_unit: str) -> Geometry:
@@ -72,8 +66,8 @@ class Geometry:
         per_head = _params_per_unit(adapter, layers[0], "attn", "q_head")
         unit_params = per_group if unit == "kv_group" else s.n_kv * per_head
         channel = _params_per_unit(adapter, layers[0], "mlp", unit)
-        return cls(len(layers), s.hidden, s.n_q, s.n_kv, s.head_dim, s.inter, s.o_bias,
-                   s.down_bias, unit_params, channel, count_params(model)["total"], unit)
+        return cls(**vars(s), n_layers=len(layers), unit_params=unit_params,
+                   channel_params=channel, total=count_params(model)["total"], unit=unit)
 
     @classmethod
     def from_config(cls, hf_config, attn_unit: str) -> Geometry:

@@ -39,7 +39,7 @@ GQA_FOLDS = ("aligned", "llm_pruner")
 class WidthPruneConfig(Keyed):
     """Width pruning settings; exactly one of `ratio` (of total params) or `unit_ratio`.
 
-    `gqa_fold`: how a KV group's q_proj/o_proj members are scored on GQA models. `aligned`
+    `gqa_fold`: how a KV group's query and output projection members are scored on GQA models. `aligned`
     (default) scores the query heads the group's removal cuts, {g*G .. g*G+G-1}. `llm_pruner`
     is LLM-Pruner's GQA code as it is (llama3.py): q/o scores folded onto the KV channels with
     `imp.view(G, -1).sum(0)`, i.e. group g scored with heads {g, g+K, g+2K, ...} while the cut

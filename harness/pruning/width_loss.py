@@ -7,11 +7,11 @@ chance level (results/fidelity.md). Measuring the loss is exact for one removal 
 
 Cost is kept down the way the depth `ppl` criterion does it (depth_scores.ppl_scores): one
 block-by-block pass (harness.pruning.sequential); at a pruned layer i, each unit starts its own
-residual stream from the dense input of block i, with the unit's query heads zeroed at o_proj's
-input (exactly what removing them, and for a KV group its k/v rows too, does to the output), and
-every stream goes through the later blocks as they come. That is sum over pruned layers of
-units x (L - i) block forwards, each block loaded once. MLP channels are scored by another criterion
-(`prune.mlp_criterion`, default taylor). Scores are loss increases (lower = cheaper to remove),
+residual stream from the dense input of block i, with the unit's query heads zeroed at the
+input of the attention's output projection (exactly what removing them, and for a KV group its
+key/value rows too, does to the output), and every stream goes through the later blocks as they
+come. That is sum over pruned layers of units x (L - i) block forwards, each block loaded once.
+MLP channels are scored by another criterion (`prune.mlp_criterion`, default taylor). Scores are loss increases (lower = cheaper to remove),
 comparable across layers, so `scope=global` ranks them directly.
 """
 
@@ -35,7 +35,7 @@ def unit_heads(n_q: int, n_kv: int, unit: str) -> list[list[int]]:
 
 
 @contextmanager
-def heads_zeroed(o_proj, head_dim: int, heads: list[int]):
+def heads_zeroed(out_proj, head_dim: int, heads: list[int]):
     """Within the block, the given query heads contribute nothing to the attention output."""
 
     def pre(_mod, args):
@@ -44,7 +44,7 @@ def heads_zeroed(o_proj, head_dim: int, heads: list[int]):
             x[..., h * head_dim:(h + 1) * head_dim] = 0
         return (x, *args[1:])
 
-    handle = o_proj.register_forward_pre_hook(pre)
+    handle = out_proj.register_forward_pre_hook(pre)
     try:
         yield
     finally:
@@ -63,9 +63,9 @@ def measured_loss_scores(ctx) -> None:
         for key in streams:
             streams[key] = layer(streams[key], **kwargs)
         if j in pruned:
-            shape, o_proj = adapter.shape(layer), adapter.out_proj(layer, "attn")
+            shape, out_proj = adapter.shape(layer), adapter.out_proj(layer, "attn")
             for u, heads in enumerate(unit_heads(shape.n_q, shape.n_kv, ctx.unit)):
-                with heads_zeroed(o_proj, shape.head_dim, heads):
+                with heads_zeroed(out_proj, shape.head_dim, heads):
                     streams[(j, u)] = layer(hidden_in, **kwargs)
 
     dense = None

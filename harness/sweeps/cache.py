@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.tracking.io import read_json, write_json_atomic
+from harness.tracking.io import atomic_dir, read_json, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 FORMAT = 2  # entry.json["format"]; entries without it predate manifests
@@ -59,14 +59,6 @@ def non_finite(obj, prefix: str = "") -> str | None:
         if found:
             return found
     return None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _files(entry_dir: Path) -> dict[str, Path]:
@@ -279,18 +271,11 @@ def _alive(pid: int) -> bool:
 
 def link_tree(src: Path, dst: Path) -> Path:
     """Expose a cached model directory at `dst` with hard links (a copy across filesystems)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
-    try:
+    with atomic_dir(dst) as tmp:
         for f in src.iterdir():
             if f.is_file() and f.name not in (ENTRY, MANIFEST):
                 try:
                     os.link(f, tmp / f.name)
                 except OSError:
                     shutil.copy2(f, tmp / f.name)
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dst

@@ -7,8 +7,6 @@ the speed grid), so a table made from a narrowed sweep names the narrowed comman
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
 
@@ -94,7 +92,9 @@ def sweep_has_dense(experiment: str) -> bool:
     """Whether the experiment's own sweep runs the dense model (a `dense` variant)."""
     from omegaconf import OmegaConf
 
-    path = Path(__file__).resolve().parents[2] / "experiments" / f"{experiment}.yaml"
+    from harness import CONF_DIR
+
+    path = CONF_DIR / "experiment" / f"{experiment}.yaml"
     if not path.exists():
         return False
     params = OmegaConf.select(OmegaConf.load(path), "hydra.sweeper.params", default=None) or {}

@@ -38,14 +38,17 @@ def ppl_vs_fraction(table: pd.DataFrame, path: Path, source: str = "wiki_test") 
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     ax.set_prop_cycle(color=plt.cm.tab20.colors)  # one colour per criterion, up to 20
-    dense = rows[rows["prune.name"] == "none"]
-    for (method, criterion), part in rows[rows["prune.name"] != "none"].groupby(
-        ["prune.name", "prune.criterion"]
-    ):
+    rows = rows.assign(model=rows["model"] if "model" in rows else "")
+    dense, several = rows[rows["prune.name"] == "none"], rows["model"].nunique() > 1
+    for (model, method, criterion), part in rows[rows["prune.name"] != "none"].groupby(
+        ["model", "prune.name", "prune.criterion"]
+    ):  # one line per model and criterion, from that model's dense point
+        base = dense[dense["model"] == model]
         part = part.assign(x=_fraction(part)).sort_values("x")
-        x = [0.0, *part["x"]] if len(dense) else list(part["x"])
-        y = [dense[col].iloc[0], *part[col]] if len(dense) else list(part[col])
-        ax.plot(x, y, STYLE.get(method, "-"), label=f"{method} {criterion}")
+        x = [0.0, *part["x"]] if len(base) else list(part["x"])
+        y = [base[col].iloc[0], *part[col]] if len(base) else list(part[col])
+        ax.plot(x, y, STYLE.get(method, "-"),
+                label=f"{method} {criterion}" + (f" ({model})" if several else ""))
     ax.set(xlabel="parameters removed (% of total)", ylabel=f"PPL {source}", yscale="log",
            title=f"PPL vs pruned fraction (no recovery), {source}")
     ax.legend(fontsize=7, ncol=2)

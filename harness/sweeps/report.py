@@ -210,7 +210,8 @@ def _write_matched_size(table: pd.DataFrame, out: Path) -> list[Path]:
     dense = table[(table.get("prune.name") == "none")]
     for source in ("wiki_test", "c4_test"):
         col = f"ppl/{source}"
-        base = dense[dense[col].notna()].head(1) if col in dense else dense.iloc[:0]
+        base = dense[dense[col].notna()] if col in dense else dense.iloc[:0]
+        base = base.drop_duplicates("model") if "model" in base else base.head(1)  # one a model
         fig = ppl_vs_fraction(pd.concat([base, matched_rows(table)]),
                               out / f"matched_size_ppl_vs_fraction_{source}.png", source)
         written += [fig] if fig else []

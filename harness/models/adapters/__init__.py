@@ -15,10 +15,14 @@ Adding a family is one file in this package plus a tiny config in `harness/model
     class MyAdapter(DecoderAdapter):
         mlp_norms = (...)          # override only what differs from Llama (see base.py)
 
-and an import line at the bottom of this file.
+Every module of this package registers itself when the package is imported (bottom of this
+file), so nothing else changes.
 """
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 from harness.models.adapters.base import DecoderAdapter
 
@@ -58,13 +62,6 @@ def adapter_for(model_or_config) -> DecoderAdapter:
     return ADAPTERS[config.model_type]
 
 
-from harness.models.adapters import (  # noqa: E402, F401 - register the families
-    gemma2,
-    gemma3,
-    llama,
-    mistral,
-    olmo2,
-    phi3,
-    qwen2,
-    qwen3,
-)
+for _module in pkgutil.iter_modules(__path__):  # each family module registers itself
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
