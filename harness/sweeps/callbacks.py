@@ -13,13 +13,16 @@ class PrintResults(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from harness.distributed import is_main
-        from harness.sweeps.console import print_rows
+        from harness.sweeps.console import print_experiment, print_rows
 
         if not is_main():  # a sweep under torchrun: rank 0 reports
             return
         experiment = config.get("experiment", "default") or "default"
         sweep_dir = OmegaConf.select(config, "hydra.sweep.dir")
-        view = print_rows(config.results_dir, sweep_dir, f"{experiment}, this sweep")
+        if sweep_dir is None:  # called outside a Hydra sweep: the experiment's rows
+            view = print_experiment(config.results_dir, experiment)
+        else:
+            view = print_rows(config.results_dir, sweep_dir, f"{experiment}, this sweep")
         files = []
         if experiment != "default":
             from harness.sweeps.report import write_report
@@ -37,6 +40,8 @@ def log_sweep_table(config: DictConfig, experiment: str, sweep_dir, view, files)
     from harness.tracking.results import by_experiment, read_table
     from harness.tracking.wandb_logger import LoggerConfig, WandbRun, sweep_group
 
+    if config.get("logger") is None or sweep_dir is None:
+        return
     logger = LoggerConfig(**OmegaConf.to_container(config.logger, resolve=True))
     if logger.name == "none":
         return

@@ -54,6 +54,23 @@ def rows_under(results_dir: str | Path, run_dir: str | Path) -> pd.DataFrame:
     return table[(dirs == root) | dirs.str.startswith(root + "/")]
 
 
+def print_experiment(results_dir: str | Path, experiment: str) -> pd.DataFrame:
+    """Print the table of one experiment's rows (every sweep that ran it)."""
+    from harness.tracking.results import by_experiment
+
+    part = dict(by_experiment(read_table(results_dir))).get(experiment, pd.DataFrame())
+    return _print(run_view(part), f"{experiment}", f"no results for {experiment} in {results_dir}")
+
+
+def _print(view: pd.DataFrame, title: str, empty: str) -> pd.DataFrame:
+    if view.empty:
+        print(empty)
+        return view
+    print(f"\n== {title} ({len(view)} run{'s' if len(view) > 1 else ''}) ==")
+    print(format_view(view))
+    return view
+
+
 def format_view(view: pd.DataFrame) -> str:
     with pd.option_context("display.max_columns", None, "display.width", 220,
                            "display.float_format", "{:.4g}".format):
@@ -62,10 +79,5 @@ def format_view(view: pd.DataFrame) -> str:
 
 def print_rows(results_dir: str | Path, run_dir: str | Path, title: str) -> pd.DataFrame:
     """Print the table of the rows under `run_dir` (a sweep dir or one run's dir)."""
-    view = run_view(rows_under(results_dir, run_dir))
-    if view.empty:
-        print(f"no results rows from {run_dir} in {results_dir}")
-        return view
-    print(f"\n== {title} ({len(view)} run{'s' if len(view) > 1 else ''}) ==")
-    print(format_view(view))
-    return view
+    return _print(run_view(rows_under(results_dir, run_dir)), title,
+                  f"no results rows from {run_dir} in {results_dir}")

@@ -17,9 +17,11 @@ from pathlib import Path
 import pandas as pd
 
 from harness.sweeps.captions import caption, regenerate_commands
+from harness.sweeps.seeds import has_repeats, mean_std, seed_groups
 from harness.tracking.io import write_text_atomic
 from harness.tracking.results import by_experiment, read_table
 
+PROTOCOL_SEED = 1234  # DataConfig's default: the calibration every other table uses
 KEY_COLUMNS = ["experiment", "model", "prune.name", "prune.criterion", "prune.unit",
                "prune.ratio", "recover.name", "recover.tokens"]
 HEADLINE = ("params/total", "prune/ratio_achieved", "zeroshot/mean")
@@ -96,7 +98,10 @@ def paper_table(part: pd.DataFrame) -> pd.DataFrame:
     for col in speed:
         out[f"decode ms ({col.split('/')[1]}, bs1)"] = part[col].round(2)
     order = ["Pruned %", "Method", "Recovery"]
-    return out.dropna(axis=1, how="all").sort_values(order).reset_index(drop=True)
+    out = out.dropna(axis=1, how="all").sort_values(order)
+    if has_repeats(part):  # one row per setting: mean ± std over calibration seeds, and n
+        return mean_std(out, seed_groups(part).loc[out.index])
+    return out.reset_index(drop=True)
 
 
 def convention_table(part: pd.DataFrame) -> pd.DataFrame | None:
@@ -124,7 +129,7 @@ def convention_table(part: pd.DataFrame) -> pd.DataFrame | None:
 
 def matched_rows(table: pd.DataFrame) -> pd.DataFrame:
     """Pruned runs comparable across experiments: depth or width by `prune.ratio`, no recovery,
-    whole blocks, real weights, PPL at seq_len 128."""
+    whole blocks, real weights, PPL at seq_len 128, the protocol's calibration seed."""
     def col(name, default):
         return table[name] if name in table else pd.Series(default, index=table.index)
 
@@ -134,7 +139,8 @@ def matched_rows(table: pd.DataFrame) -> pd.DataFrame:
             & (col("recover.name", "none").fillna("none") == "none")
             & (col("prune.unit", "block").fillna("block") == "block")
             & ~col("model/shape_only", False).fillna(False).astype(bool)
-            & (col("eval.seq_len", 128).fillna(128) == 128))
+            & (col("eval.seq_len", 128).fillna(128) == 128)
+            & col("data.calib_seed", PROTOCOL_SEED).fillna(PROTOCOL_SEED).eq(PROTOCOL_SEED))
     return table[keep]
 
 
