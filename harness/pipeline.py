@@ -314,6 +314,9 @@ class Run:
                 "ppl", k, c))
             out[f"ppl/{source}"] = res["ppl"]
             out[f"ppl/{source}/tokens"] = res["tokens"]
+            for name in ("boot_std", "boot_lo", "boot_hi"):  # absent from older cache entries
+                if name in res:
+                    out[f"ppl/{source}/{name}"] = res[name]
         if "zeroshot" in keys:
             out.update(self._timed("zeroshot", lambda: self.cache.json_stage(
                 "zeroshot", keys["zeroshot"],

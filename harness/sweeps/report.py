@@ -198,7 +198,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
 
 def _write_matched_size(table: pd.DataFrame, out: Path) -> list[Path]:
     """`matched_size.{md,csv}` and its PPL-vs-size figures (dense at 0 when the table has it)."""
-    from harness.sweeps.figures import ppl_vs_fraction
+    from harness.sweeps.figures import ppl_vs_fraction, vector_files
 
     matched = matched_size_table(table)
     if matched is None:
@@ -219,7 +219,7 @@ def _write_matched_size(table: pd.DataFrame, out: Path) -> list[Path]:
         base = dense[dense[col].notna()].head(1) if col in dense else dense.iloc[:0]
         fig = ppl_vs_fraction(pd.concat([base, matched_rows(table)]),
                               out / f"matched_size_ppl_vs_fraction_{source}.png", source)
-        written += [fig] if fig else []
+        written += [fig, *vector_files(fig)] if fig else []
     return written
 
 
