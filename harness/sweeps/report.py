@@ -32,7 +32,8 @@ TASK_NAMES = {"boolq": "BoolQ", "piqa": "PIQA", "hellaswag": "HellaS", "winogran
 def metric_columns(table: pd.DataFrame) -> list[str]:
     """Perplexity of every evaluated source, then the other headline metrics present."""
     ppl = [c for c in table.columns
-           if c.startswith("ppl/") and not c.endswith(("/tokens", "/predicted"))]
+           if c.startswith("ppl/") and not c.endswith(("/tokens", "/predicted", "/boot_std",
+                                                       "/boot_lo", "/boot_hi"))]
     return ppl + [c for c in HEADLINE if c in table.columns]
 
 
@@ -271,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="harness report", description=__doc__)
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--write", action="store_true", help="write tables and figures")
+    parser.add_argument("--only", metavar="EXPERIMENT",
+                        help="write the tables and figures of this experiment only")
     parser.add_argument("--wandb", action="store_true", help="log the summary to W&B")
     parser.add_argument("--rekey", action="store_true",
                         help="recompute every row's run_key under the current key schema")
@@ -279,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         rekey(args.results_dir)
     print_table(args.results_dir)
     if args.write or args.wandb:
-        files = write_report(args.results_dir)
+        files = write_report(args.results_dir, only=args.only)
         print("\nwrote " + ", ".join(str(f) for f in files))
         if args.wandb:
             log_to_wandb(args.results_dir, files)

@@ -20,7 +20,7 @@ def seed_groups(part: pd.DataFrame) -> pd.Series:
     cols = ["model", *cols] if "model" in part else cols
     if not cols:
         return pd.Series(range(len(part)), index=part.index).astype(str)
-    return part[cols].astype(str).agg("|".join, axis=1)
+    return part[cols].apply(lambda row: "|".join(map(str, row.tolist())), axis=1)
 
 
 def has_repeats(part: pd.DataFrame) -> bool:
