@@ -30,7 +30,8 @@ def _table():
 
 
 def test_every_figure_has_pdf_and_svg_next_to_its_png(tmp_path):
-    files = {p.name for p in experiment_figures(_table(), tmp_path / "demo")}
+    files = {f.name for p in experiment_figures(_table(), tmp_path / "demo")
+             for f in (p, *vector_files(p))}
     assert {"demo_ppl_vs_fraction.png", "demo_ppl_vs_fraction.pdf", "demo_ppl_vs_fraction.svg",
             "demo_accuracy_vs_speedup.png", "demo_accuracy_vs_speedup.pdf",
             "demo_accuracy_vs_speedup.svg"} <= files

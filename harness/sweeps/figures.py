@@ -184,10 +184,11 @@ def recovery_vs_fraction(table: pd.DataFrame, path: Path, source: str = "wiki_te
 
 
 def experiment_figures(table: pd.DataFrame, prefix: Path) -> list[Path]:
-    """Every figure the table supports, as `<prefix>_<name>.png` with its PDF and SVG."""
+    """Every figure the table supports: the PNGs `<prefix>_<name>.png` (each with its PDF and
+    SVG beside it, see `vector_files`)."""
     made = [
         ppl_vs_fraction(table, prefix.with_name(prefix.name + "_ppl_vs_fraction.png")),
         accuracy_vs_speedup(table, prefix.with_name(prefix.name + "_accuracy_vs_speedup.png")),
         recovery_vs_fraction(table, prefix.with_name(prefix.name + "_recovery.png")),
     ]
-    return [f for p in made if p is not None for f in (p, *vector_files(p))]
+    return [p for p in made if p is not None]

@@ -172,7 +172,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
                  only: str | None = None) -> list[Path]:
     """Write tables and figures of every experiment in the results table (or `only` one);
     returns the files."""
-    from harness.sweeps.figures import experiment_figures
+    from harness.sweeps.figures import experiment_figures, vector_files
 
     table = read_table(results_dir)
     out = Path(out_dir or results_dir)
@@ -191,7 +191,8 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
             text = f"**{experiment}, both metric conventions.** {cap}\n\n" \
                 f"{conventions.to_markdown(index=False)}\n"
             written.append(write_text_atomic(out / f"{experiment}_conventions.md", text))
-        written += experiment_figures(part, out / experiment)
+        written += [f for png in experiment_figures(part, out / experiment)
+                    for f in (png, *vector_files(png))]
     if only is None:
         written += _write_matched_size(table, out)
     return written
