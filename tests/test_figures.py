@@ -9,6 +9,7 @@ from harness.sweeps.figures import (
     accuracy_vs_speedup,
     experiment_figures,
     ppl_vs_fraction,
+    vector_files,
 )
 
 TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
