@@ -14,6 +14,7 @@ Each function returns the PNG it wrote, or None when the table lacks the columns
 
 from __future__ import annotations
 
+import logging
 from itertools import cycle
 from pathlib import Path
 
@@ -32,6 +33,7 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 LINES = {"depth": "-", "width": "--", "none": ":"}
 VECTOR = (".pdf", ".svg")
 plt.rcParams.update({"svg.fonttype": "none", "pdf.fonttype": 42, "font.size": 9})
+logging.getLogger("fontTools").setLevel(logging.WARNING)  # its font-subsetting INFO lines
 
 
 def _save(fig, path: Path) -> Path:
