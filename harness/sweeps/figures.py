@@ -130,6 +130,19 @@ def point_label(row: pd.Series) -> str:
     return label + (f" +{recover}" if isinstance(recover, str) and recover != "none" else "")
 
 
+def _label_points(ax, data: pd.DataFrame) -> None:
+    """Each point's label beside it; a label whose point sits close to the previous one (in
+    speed order) goes below its point instead of above, so neighbours do not overprint."""
+    prev, below = None, False
+    for _, r in data.sort_values("speedup").iterrows():
+        x, y = r["speedup"], r["zeroshot/mean"]
+        near = prev is not None and abs(x - prev[0]) < 0.05 and abs(y - prev[1]) < 1.5
+        below = near and not below
+        ax.annotate(point_label(r), (x, y), fontsize=6, xytext=(4, -9 if below else 3),
+                    textcoords="offset points", color="#333333")
+        prev = (x, y)
+
+
 def accuracy_vs_speedup(table: pd.DataFrame, path: Path) -> Path | None:
     speed = [c for c in table.columns if c.endswith("/bs1/out128/decode_ms")]
     if "zeroshot/mean" not in table or not speed:
@@ -151,9 +164,7 @@ def accuracy_vs_speedup(table: pd.DataFrame, path: Path) -> Path | None:
         if err is not None:
             for lines in bars.lines[2]:
                 lines.set_gid(f"errorbar-{method}")
-        for _, r in part.iterrows():
-            ax.annotate(point_label(r), (r["speedup"], r["zeroshot/mean"]), fontsize=6,
-                        xytext=(4, 3), textcoords="offset points", color="#333333")
+    _label_points(ax, data)
     front, best = [], -1.0
     by_speed = data.sort_values(["speedup", "zeroshot/mean"], ascending=False)
     for _, r in by_speed.iterrows():  # fastest first; keep each point more accurate than all faster
