@@ -31,7 +31,14 @@ from harness.hydra_errors import close_matches, one_line
 from harness.sweeps.cache import NonFiniteResult, non_finite
 from harness.tracking.io import write_json_atomic, write_text_atomic
 from harness.tracking.results import upsert_row
-from harness.tracking.wandb_logger import LoggerConfig, WandbRun, flatten
+from harness.tracking.wandb_logger import (
+    LoggerConfig,
+    WandbRun,
+    flatten,
+    job_type,
+    run_tags,
+    sweep_group,
+)
 from harness.validation import InputError, check_disk, first_line, model_stage_bytes
 
 log = logging.getLogger("harness")
@@ -42,6 +49,19 @@ def log_training_curve(tracker: WandbRun, csv_path: Path) -> None:
     if csv_path.exists():
         for row in pd.read_csv(csv_path).to_dict("records"):
             tracker.log({f"train/{k}": v for k, v in row.items()})
+
+
+def open_tracker(cfg: DictConfig, spec, key: str, run_dir: Path, main: bool) -> WandbRun:
+    """The run's W&B run (rank 0 only): grouped by experiment and sweep, typed by its last
+    stage, tagged with method, criterion and recovery."""
+    hc = HydraConfig.get()
+    sweep_dir = hc.sweep.dir if hc.mode.name == "MULTIRUN" else None
+    group = sweep_group(cfg.get("experiment"), sweep_dir)
+    tags = run_tags(spec)
+    return WandbRun(spec.logger if main else LoggerConfig(name="none"),
+                    flatten(OmegaConf.to_container(cfg, resolve=True)), group=group,
+                    name=f"{'-'.join(tags)}-{key[:8]}", run_dir=str(run_dir),
+                    job_type=job_type(spec), tags=tags)
 
 
 def fail(message, code: int = 2):
@@ -101,11 +121,8 @@ def run_experiment(cfg: DictConfig) -> dict:
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     identity = run_identity(spec)
     key = config_key(identity)
-    choices = HydraConfig.get().runtime.choices
-    group = "-".join(f"{g}={choices[g]}" for g in ("prune", "recover") if g in choices)
-    tracker = WandbRun(spec.logger if main else LoggerConfig(name="none"),
-                       flatten(OmegaConf.to_container(cfg, resolve=True)),
-                       group=group, name=f"{group}-{key[:8]}", run_dir=str(run_dir))
+    tracker = open_tracker(cfg, spec, key, run_dir, main)
+    run.report_to = "wandb" if tracker.active else "none"  # the Trainer logs into this run
     try:
         metrics = run.execute()
         bad = non_finite(metrics)
@@ -126,9 +143,13 @@ def run_experiment(cfg: DictConfig) -> dict:
     write_json_atomic(run_dir / "stages.json",
                       {"computed": run.cache.computed, "used": run.cache.used})
     run.cache.record_run(key, run_dir)
-    upsert_row(cfg.results_dir, result_row(spec, identity, key, metrics, run_dir))
-    log_training_curve(tracker, run_dir / "train_log.csv")
+    row = result_row(spec, identity, key, metrics, run_dir)
+    upsert_row(cfg.results_dir, row)
+    if not run.trained:  # the recovered model came from the cache: post its recorded curve
+        log_training_curve(tracker, run_dir / "train_log.csv")
     tracker.log(metrics)
+    plan = run.pruned_dir / "prune_plan.json" if run.pruned_dir else None
+    tracker.log_run_artifacts(key, row, run_dir, run.model_dir, plan)
     tracker.finish()
     log.info("run %s done: %s", key, run_dir)
     return metrics
@@ -171,9 +192,9 @@ def _app(cfg: DictConfig) -> None:
     except (HydraException, OmegaConfBaseException) as e:  # a bug, not a composition error
         raise RuntimeError(f"{type(e).__name__}: {e}") from e
     if HydraConfig.get().mode.name == "RUN" and distributed.is_main():
-        from harness.sweeps.report import print_table
+        from harness.sweeps.console import print_rows
 
-        print_table(cfg.results_dir)
+        print_rows(cfg.results_dir, HydraConfig.get().runtime.output_dir, "this run")
 
 
 def report_main(argv: list[str] | None = None) -> int:

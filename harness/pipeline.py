@@ -116,6 +116,10 @@ class Run:
         self.cache = cache or StageCache(spec.raw.get("cache_dir") or cache_root() / "stages")
         self.times: dict[str, float] = {}
         self._tokenizer = None
+        self.report_to = "none"  # "wandb" when the run's W&B run is open: the Trainer reports live
+        self.model_dir: Path | None = None  # the final model's cache dir, once finished
+        self.pruned_dir: Path | None = None  # the pruned model's (holds prune_plan.json)
+        self.trained = False  # whether this run trained (else the recovered model was cached)
         self.base_key = {"model": model_identity(spec.model)}
         self.pruned_key = None if spec.prune.name == "none" else {
             **self.base_key, "prune": spec.prune.key_fields(),
@@ -193,6 +197,7 @@ class Run:
         if not on_main(lambda: self.cache.intact("recovered", key)):
             trained["model"], trained["metrics"] = self._timed(
                 "recover", lambda: self._train(start_dir, work))
+            self.trained = True
 
         def publish(tmp: Path) -> dict:
             if not trained:
@@ -224,7 +229,8 @@ class Run:
         data = self.spec.recover.data
         train = token_ids(data, self.tokenizer) if data == "wiki_train" else None
         return recover(model, self.spec.recover, train, work, teacher=teacher,
-                       tokenizer=self.tokenizer, report_to="none", callbacks=self.callbacks)
+                       tokenizer=self.tokenizer, report_to=self.report_to,
+                       callbacks=self.callbacks)
 
     def _cfg_for(self, model_dir: Path, device: str | None = None) -> ModelConfig:
         m = self.spec.model
@@ -248,7 +254,7 @@ class Run:
         spec, metrics = self.spec, {}
         model_dir = None
         if self.pruned_key is not None:
-            model_dir = on_main(self._pruned)
+            model_dir = self.pruned_dir = on_main(self._pruned)
             metrics.update(on_main(lambda: pruning.plan_metrics(model_dir)))
         if spec.recover.name != "none":
             model_dir, rec = self._recovered(model_dir)
@@ -257,7 +263,7 @@ class Run:
 
     def _finish(self, model_dir: Path | None, metrics: dict) -> dict:
         """Rank 0: expose the final model and its training curve in the run dir, evaluate."""
-        model = None
+        model, self.model_dir = None, model_dir
         if model_dir is not None:
             link_tree(model_dir, self.run_dir / "model")
             if (model_dir.parent / "train_log.csv").exists():
@@ -317,6 +323,9 @@ class Run:
                 "ppl", k, c))
             out[f"ppl/{source}"] = res["ppl"]
             out[f"ppl/{source}/tokens"] = res["tokens"]
+            for name in ("boot_std", "boot_lo", "boot_hi"):  # absent from older cache entries
+                if name in res:
+                    out[f"ppl/{source}/{name}"] = res[name]
         if "zeroshot" in keys:
             out.update(self._timed("zeroshot", lambda: self.cache.json_stage(
                 "zeroshot", keys["zeroshot"],

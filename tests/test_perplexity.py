@@ -54,3 +54,24 @@ def test_bos_conditions_every_window_but_is_not_scored():
     assert res["predicted"] == plain["predicted"] == count and res["tokens"] == plain["tokens"]
     assert math.isclose(res["ppl"], math.exp(total / count), rel_tol=1e-5)
     assert not math.isclose(res["ppl"], plain["ppl"], rel_tol=1e-3)
+
+
+def test_bootstrap_over_windows_brackets_the_ppl_and_matches_a_by_hand_resample():
+    from harness.evaluation.perplexity import BOOT_SAMPLES, BOOT_SEED
+
+    model = tiny_model("llama")
+    ids = torch.randint(0, 256, (16 * 20,), generator=torch.Generator().manual_seed(2))
+    res = perplexity(model, ids, seq_len=16, batch_size=4, progress=False)
+    assert res["boot_lo"] < res["ppl"] < res["boot_hi"] and res["boot_std"] > 0
+    # by hand: each window's NLL sum, resampled with the same generator
+    nll = []
+    for w in windows(ids, 16):
+        logprobs = torch.log_softmax(model(w[None]).logits[0].double(), -1)
+        nll.append(-sum(logprobs[t, w[t + 1]].item() for t in range(15)))
+    nll = torch.tensor(nll, dtype=torch.float64)
+    g = torch.Generator().manual_seed(BOOT_SEED)
+    picks = torch.randint(0, len(nll), (BOOT_SAMPLES, len(nll)), generator=g)
+    std = torch.exp(nll[picks].mean(1) / 15).std().item()
+    assert math.isclose(res["boot_std"], std, rel_tol=1e-4)
+    same = perplexity(model, ids, seq_len=16, batch_size=4, progress=False)
+    assert same["boot_std"] == res["boot_std"]  # fixed seed: reproducible

@@ -296,6 +296,19 @@ def test_killed_run_resumes_from_last_complete_checkpoint(tmp_path, uninterrupte
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("minutes, saved", [(1e-9, [4]), (0.0, [])])
+def test_time_cadence_keeps_only_the_last_complete_checkpoint(tmp_path, minutes, saved):
+    """save_minutes ~0: a save after every step, each deleting the one before once marked;
+    save_minutes=0 (and no save_steps): no checkpoint at all."""
+    cfg = make_cfg("cpt", tokens=SEQ * BS * 4, save_steps=0, save_minutes=minutes)
+    recover(tiny_model(seed=0), cfg, TRAIN, tmp_path)
+    found = sorted(p.name for p in (tmp_path / "cpt").glob("checkpoint-*"))
+    assert found == [f"checkpoint-{s}" for s in saved]
+    for name in found:
+        assert (tmp_path / "cpt" / name / MARKER).read_text().startswith(f"step {saved[-1]}\n")
+        assert (tmp_path / "cpt" / name / "optimizer.pt").exists()  # resumable: Adam state too
+
+
 class NaNAfter:
     """Forward hook on the LM head: the `n+1`-th training forward returns NaN logits."""
 

@@ -96,7 +96,10 @@ def test_sweep_end_callback_reports_the_named_experiment(tmp_path, capsys):
         upsert_row(tmp_path, row)
     PrintResults().on_multirun_end(OmegaConf.create({"experiment": "demo",
                                                      "results_dir": str(tmp_path)}))
-    assert "Depth taylor" in capsys.readouterr().out
+    out = capsys.readouterr().out.splitlines()
+    header = out[out.index("== demo (5 runs) ==") + 1].split()
+    assert header[:2] == ["prune.name", "recover.name"]  # what varies, then the metrics
+    assert "ppl/wiki_test" in header and "prune.criterion" not in header  # taylor throughout
     assert (tmp_path / "demo.md").exists() and (tmp_path / "demo_ppl_vs_fraction.png").exists()
 
 
@@ -159,3 +162,28 @@ def test_caption_names_the_eval_settings_and_the_speed_device():
     text = caption(rows, "cmp")
     assert "hf backend, on cpu-x86_64-2cores" in text and "median of 3 runs after 2" in text
     assert f"`harness experiment=cmp prune.ratio=0.2 {evals}`" in text
+
+
+def test_rows_that_differ_only_by_calibration_seed_become_mean_std_and_n(tmp_path):
+    base = {"experiment": "seeds", "model": "smollm2_135m", "eval.seq_len": 128,
+            "prune.ratio": 0.2, "recover.name": "none", "prune/ratio_achieved": 0.2,
+            "params/total": 107.6e6}
+    ppl = {"depth": [100.0, 110.0, 120.0], "width": [70.0, 70.0, 70.0]}
+    rows = [{**base, "run_key": f"{m}{s}", "prune.name": m, "prune.criterion": "taylor",
+             "data.calib_seed": s, "ppl/wiki_test": ppl[m][s - 1]}
+            for m in ppl for s in (1, 2, 3)]
+    rows.append({**base, "run_key": "depth-other-ratio", "prune.name": "depth",
+                 "prune.criterion": "taylor", "prune.ratio": 0.35, "prune/ratio_achieved": 0.35,
+                 "data.calib_seed": 1, "ppl/wiki_test": 300.0})
+    table = paper_table(pd.DataFrame(rows))
+    assert list(table["n"]) == [3, 3, 1]  # depth 20%, width 20%, depth 35% (one seed)
+    assert table.loc[0, "PPL wiki_test"] == "110.00 ± 10.00"  # sample std of 100, 110, 120
+    assert table.loc[1, "PPL wiki_test"] == 70.0  # equal across seeds: the value itself
+    assert table.loc[2, "PPL wiki_test"] == 300.0
+    cap = caption(pd.DataFrame(rows), "seeds")
+    assert "mean ± std (sample, ddof=1) over n calibration seeds (data.calib_seed in [1, 2, 3])" in cap
+    for row in rows:
+        upsert_row(tmp_path, row)
+    write_report(tmp_path)
+    assert "110.00 ± 10.00" in (tmp_path / "seeds.md").read_text()
+    assert matched_size_table(pd.DataFrame(rows)) is None  # not the protocol's seed: not matched

@@ -34,7 +34,8 @@ class RecoverConfig(Keyed):
                    "lora_lr", "weight_decay", "adam_beta1", "adam_beta2", "warmup_ratio",
                    "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
                    "kd_temperature", "kd_alpha", "data", "prompt_template", "seed", "bf16")
-    NOT_DETERMINING = ("gradient_checkpointing", "save_steps", "logging_steps", "disable_tqdm",
+    NOT_DETERMINING = ("gradient_checkpointing", "save_minutes", "save_steps", "logging_steps",
+                       "disable_tqdm",
                        "fsdp", "fsdp_offload")
     # determining fields that only some methods read; every other one applies to all methods
     USED_BY: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -68,7 +69,8 @@ class RecoverConfig(Keyed):
     data: str = "wiki_train"  # or a path to .txt / .jsonl / Alpaca .json
     prompt_template: str = "alpaca"
     gradient_checkpointing: bool = False
-    save_steps: int = 0  # 0 = auto: about every 10% of the steps
+    save_minutes: float = 30.0  # a checkpoint every N minutes of wall time (0: none by time)
+    save_steps: int = 0  # also one every N optimizer steps (0: by time only)
     logging_steps: int = 0  # 0 = auto: about 200 rows in the loss curve
     seed: int = 0
     bf16: str = "auto"  # auto = bf16 mixed precision on GPU, fp32 on CPU; or true / false
@@ -136,6 +138,10 @@ class RecoverConfig(Keyed):
                 f"recover.prompt_template must be one of {TEMPLATES}, got {self.prompt_template!r}",
             ),
             (self.save_steps >= 0, f"recover.save_steps must be >= 0, got {self.save_steps}"),
+            (
+                self.save_minutes >= 0,
+                f"recover.save_minutes must be >= 0, got {self.save_minutes}",
+            ),
             (
                 self.logging_steps >= 0,
                 f"recover.logging_steps must be >= 0, got {self.logging_steps}",

@@ -2,8 +2,10 @@
 
 One phase = one `Trainer` run in its own directory (`<out_dir>/<phase>`), so the same code runs
 on CPU, one GPU or many (`accelerate launch`). Checkpoints are marked `COMPLETE` only after the
-Trainer finished writing them; a restarted run resumes from the newest complete one and deletes
-incomplete ones. Each marker also records the training seconds spent up to that checkpoint, so a
+Trainer finished writing them, and then every older checkpoint is deleted, so a phase keeps only
+its last complete checkpoint (weights and optimizer state) and never a moment with none. Saves
+come every `recover.save_minutes` of wall time (and every `recover.save_steps` steps when set);
+a restarted run resumes from the newest complete one and deletes incomplete ones. Each marker also records the training seconds spent up to that checkpoint, so a
 resumed phase reports the time of all the work it kept, not only the part after the restart.
 A non-finite loss raises `NonFiniteLossError` before that step can be saved.
 """
@@ -104,7 +106,8 @@ def checkpoint_time(path: str | Path) -> float:
 
 class CompletionMarker(TrainerCallback):
     """Writes `COMPLETE` (step, training seconds so far) into a checkpoint once the Trainer has
-    finished saving it; `prior_s` is the time recorded by the checkpoint this run resumed from."""
+    finished saving it, then deletes every older checkpoint (the last complete one is all a
+    resume needs); `prior_s` is the time recorded by the checkpoint this run resumed from."""
 
     def __init__(self, prior_s: float = 0.0):
         self.prior_s, self.start = prior_s, time.perf_counter()
@@ -118,6 +121,28 @@ class CompletionMarker(TrainerCallback):
         if state.is_world_process_zero and path.is_dir():
             spent = self.prior_s + time.perf_counter() - self.start
             (path / MARKER).write_text(f"step {state.global_step}\ntime_s {spent:.3f}\n")
+            for step, older, _ in checkpoints(args.output_dir):
+                if step < state.global_step:
+                    shutil.rmtree(older, ignore_errors=True)
+
+
+class SaveEvery(TrainerCallback):
+    """Asks the Trainer for a checkpoint once `minutes` of wall time have passed since the
+    phase began or last saved (rank 0's clock decides, so every rank saves at the same step)."""
+
+    def __init__(self, minutes: float):
+        self.seconds, self.last = 60.0 * minutes, time.monotonic()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if on_main(lambda: time.monotonic() - self.last >= self.seconds):
+            control.should_save = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last = time.monotonic()
 
 
 class LossLog(TrainerCallback):
@@ -155,7 +180,10 @@ class RecoveryTrainer(Trainer):
 def training_args(
     cfg, out_dir: str | Path, *, lr: float, max_steps: int, report_to: str | list[str] = "none"
 ) -> TrainingArguments:
-    """AdamW (fused on CUDA), warmup + cosine, bf16 on GPU, periodic checkpoints (keep 2)."""
+    """AdamW (fused on CUDA), warmup + cosine, bf16 on GPU; checkpoints every `save_steps`
+    steps when set (else only on `SaveEvery`'s clock), the last complete one kept
+    (`CompletionMarker` deletes older ones after marking the new one; `save_total_limit` would
+    delete them before the new one is marked, leaving a moment with no complete checkpoint)."""
     cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(out_dir),
@@ -175,9 +203,9 @@ def training_args(
         use_cpu=not cuda,
         # non-reentrant by default; under FSDP its own activation checkpointing does this
         activation_checkpointing=cfg.gradient_checkpointing and cfg.fsdp == "none",
-        save_strategy="steps",
-        save_steps=cfg.save_steps or max(1, max_steps // 10),
-        save_total_limit=2,
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or None,
+        save_total_limit=None,
         logging_strategy="steps",
         logging_steps=cfg.logging_steps or max(1, max_steps // 200),
         include_num_input_tokens_seen="non_padding",
@@ -225,7 +253,8 @@ def train_phase(
         args=training_args(cfg, out, lr=lr, max_steps=max_steps, report_to=report_to),
         train_dataset=dataset,
         data_collator=default_data_collator,
-        callbacks=[CompletionMarker(prior), LossLog(log_path), *callbacks],
+        callbacks=[CompletionMarker(prior), LossLog(log_path),
+                   *([SaveEvery(cfg.save_minutes)] if cfg.save_minutes > 0 else []), *callbacks],
         **trainer_kwargs,
     )
     if skeleton is not None and not trainer.is_fsdp_enabled:

@@ -35,6 +35,11 @@ def caption(part: pd.DataFrame, experiment: str) -> str:
     budget = recovery_budget(part)
     if budget is not None:
         bits.append(f"recovery budget {budget} training tokens per method")
+    from harness.sweeps.seeds import seeds_note
+
+    seeds = seeds_note(part)
+    if seeds:
+        bits.append(seeds)
     commands = ", ".join(f"`{c}`" for c in regenerate_commands(part, experiment))
     bits.append(f"regenerate: {commands} then `harness report --write`")
     return "; ".join(bits) + "."

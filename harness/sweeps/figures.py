@@ -1,34 +1,91 @@
 """The report's figures, drawn from the results table (matplotlib, no display needed).
 
 - PPL vs pruned fraction, depth vs width, one line per criterion (no recovery);
-- zero-shot accuracy vs decode speedup over the dense model, with the Pareto front;
+- zero-shot accuracy vs decode speedup over the dense model, each point labelled, with the
+  Pareto front;
 - recovery method vs pruned fraction.
+Each is written as PNG and as vector PDF and SVG (text kept as text) next to it, in the
+Okabe-Ito colour-blind-safe palette, legends outside the axes. Error bars: PPL points show the
+std across calibration seeds where a setting ran with several, else the bootstrap std over the
+evaluation windows (`ppl/<source>/boot_std`); accuracy points show the standard error of the
+mean of the tasks from lm-eval's per-task stderr (sqrt(sum stderr^2) / tasks, raw acc's).
 Each function returns the PNG it wrote, or None when the table lacks the columns it needs.
 """
 
 from __future__ import annotations
 
+import logging
+from itertools import cycle
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-STYLE = {"depth": "-o", "width": "--s", "none": ":^"}
+# Okabe & Ito (2008), "Color Universal Design": distinguishable under every common colour
+# vision deficiency; black last. Beyond eight lines, markers and dashes tell them apart.
+OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442",
+             "#000000")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINES = {"depth": "-", "width": "--", "none": ":"}
+VECTOR = (".pdf", ".svg")
+plt.rcParams.update({"svg.fonttype": "none", "pdf.fonttype": 42, "font.size": 9})
+logging.getLogger("fontTools").setLevel(logging.WARNING)  # its font-subsetting INFO lines
 
 
 def _save(fig, path: Path) -> Path:
+    """PNG at `path`, PDF and SVG beside it; the legend outside the axes is kept in the box."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    for out in (path, *(path.with_suffix(s) for s in VECTOR)):
+        fig.savefig(out, dpi=150, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
+def vector_files(png: Path) -> list[Path]:
+    return [png.with_suffix(s) for s in VECTOR if png.with_suffix(s).exists()]
+
+
+def _legend_outside(ax) -> None:
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False,
+              fontsize=8)
+
+
+def _styles():
+    return cycle(zip(OKABE_ITO, MARKERS, strict=True))
+
+
 def _fraction(table: pd.DataFrame) -> pd.Series:
     return 100 * table.get("prune/ratio_achieved", pd.Series(0.0, index=table.index)).fillna(0.0)
+
+
+def _points(part: pd.DataFrame, col: str) -> pd.DataFrame:
+    """x, y and its error per pruned fraction: mean and sample std across seeds when there are
+    several rows at one x, else the row's bootstrap std (NaN when it has none)."""
+    boot = f"{col}/boot_std"
+    part = part.assign(x=_fraction(part).round(1),
+                       boot=part[boot] if boot in part else np.nan)
+    rows = []
+    for x, at in part.groupby("x"):
+        y = at[col].dropna()
+        if y.empty:
+            continue
+        err = y.std(ddof=1) if len(y) > 1 else at["boot"].iloc[0]
+        rows.append({"x": x, "y": y.mean(), "err": err, "n": len(y)})
+    return pd.DataFrame(rows, columns=["x", "y", "err", "n"])
+
+
+def _errorbar(ax, pts: pd.DataFrame, fmt: str, color: str, marker: str, label: str, gid: str):
+    err = pts["err"].fillna(0.0).to_numpy() if pts["err"].notna().any() else None
+    bars = ax.errorbar(pts["x"], pts["y"], yerr=err, fmt=fmt, marker=marker, color=color,
+                       label=label, capsize=3, ms=5, lw=1.4)
+    if err is not None:
+        for lines in bars.lines[2]:
+            lines.set_gid(f"errorbar-{gid}")
+    return bars
 
 
 def ppl_vs_fraction(table: pd.DataFrame, path: Path, source: str = "wiki_test") -> Path | None:
@@ -36,23 +93,57 @@ def ppl_vs_fraction(table: pd.DataFrame, path: Path, source: str = "wiki_test") 
     rows = table[table.get("recover.name", "none").fillna("none") == "none"]
     if col not in rows or rows["prune.name"].isin(["depth", "width"]).sum() == 0:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # one colour per criterion, up to 20
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
     rows = rows.assign(model=rows["model"] if "model" in rows else "")
     dense, several = rows[rows["prune.name"] == "none"], rows["model"].nunique() > 1
+    styles = _styles()
     for (model, method, criterion), part in rows[rows["prune.name"] != "none"].groupby(
         ["model", "prune.name", "prune.criterion"]
     ):  # one line per model and criterion, from that model's dense point
         base = dense[dense["model"] == model]
-        part = part.assign(x=_fraction(part)).sort_values("x")
-        x = [0.0, *part["x"]] if len(base) else list(part["x"])
-        y = [base[col].iloc[0], *part[col]] if len(base) else list(part[col])
-        ax.plot(x, y, STYLE.get(method, "-"),
-                label=f"{method} {criterion}" + (f" ({model})" if several else ""))
+        pts = _points(pd.concat([base.head(1), part]) if len(base) else part, col)
+        color, marker = next(styles)
+        label = f"{method} {criterion}" + (f" ({model})" if several else "")
+        _errorbar(ax, pts, LINES.get(method, "-"), color, marker, label,
+                  f"{model}-{method}-{criterion}" if several else f"{method}-{criterion}")
     ax.set(xlabel="parameters removed (% of total)", ylabel=f"PPL {source}", yscale="log",
            title=f"PPL vs pruned fraction (no recovery), {source}")
-    ax.legend(fontsize=7, ncol=2)
+    _legend_outside(ax)
     return _save(fig, path)
+
+
+def zeroshot_sem(table: pd.DataFrame) -> pd.Series:
+    """Standard error of the zero-shot mean from lm-eval's per-task stderr (in %):
+    sqrt(sum of squares) / number of tasks (tasks independent); NaN without stderr columns."""
+    from harness.evaluation.config import MEAN_TASKS
+
+    cols = [f"zeroshot/{t}/acc_stderr" for t in MEAN_TASKS if f"zeroshot/{t}/acc_stderr" in table]
+    if not cols:
+        return pd.Series(np.nan, index=table.index)
+    return np.sqrt((table[cols] ** 2).sum(axis=1, min_count=len(cols))) / len(cols)
+
+
+def point_label(row: pd.Series) -> str:
+    """'dense', 'depth ppl 20% +lora', ..."""
+    if row.get("prune.name", "none") == "none":
+        return "dense"
+    label = f"{row['prune.name']} {row.get('prune.criterion', '')}".strip()
+    label += f" {100 * row.get('prune/ratio_achieved', 0):.0f}%"
+    recover = row.get("recover.name", "none")
+    return label + (f" +{recover}" if isinstance(recover, str) and recover != "none" else "")
+
+
+def _label_points(ax, data: pd.DataFrame) -> None:
+    """Each point's label beside it; a label whose point sits close to the previous one (in
+    speed order) goes below its point instead of above, so neighbours do not overprint."""
+    prev, below = None, False
+    for _, r in data.sort_values("speedup").iterrows():
+        x, y = r["speedup"], r["zeroshot/mean"]
+        near = prev is not None and abs(x - prev[0]) < 0.05 and abs(y - prev[1]) < 1.5
+        below = near and not below
+        ax.annotate(point_label(r), (x, y), fontsize=6, xytext=(4, -9 if below else 3),
+                    textcoords="offset points", color="#333333")
+        prev = (x, y)
 
 
 def accuracy_vs_speedup(table: pd.DataFrame, path: Path) -> Path | None:
@@ -63,21 +154,31 @@ def accuracy_vs_speedup(table: pd.DataFrame, path: Path) -> Path | None:
     dense = table[table["prune.name"] == "none"][col]
     if dense.empty:
         return None
-    data = table.assign(speedup=dense.iloc[0] / table[col]).dropna(subset=["speedup"])
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    data = table.assign(speedup=dense.iloc[0] / table[col], sem=zeroshot_sem(table))
+    data = data.dropna(subset=["speedup"])
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    styles = _styles()
     for method, part in data.groupby("prune.name"):
-        ax.scatter(part["speedup"], part["zeroshot/mean"], label="dense" if method == "none"
-                   else method)
+        color, marker = next(styles)
+        err = part["sem"].to_numpy() if part["sem"].notna().any() else None
+        bars = ax.errorbar(part["speedup"], part["zeroshot/mean"], yerr=err, fmt=marker,
+                           color=color, capsize=3, ms=5,
+                           label="dense" if method == "none" else method)
+        if err is not None:
+            for lines in bars.lines[2]:
+                lines.set_gid(f"errorbar-{method}")
+    _label_points(ax, data)
     front, best = [], -1.0
     by_speed = data.sort_values(["speedup", "zeroshot/mean"], ascending=False)
     for _, r in by_speed.iterrows():  # fastest first; keep each point more accurate than all faster
         if r["zeroshot/mean"] > best:
             front.append((r["speedup"], r["zeroshot/mean"]))
             best = r["zeroshot/mean"]
-    ax.plot(*zip(*sorted(front), strict=True), "k--o", lw=1, mfc="none", label="Pareto front")
+    ax.plot(*zip(*sorted(front), strict=True), color="#000000", ls=":", lw=1,
+            label="Pareto front")
     ax.set(xlabel=f"decode speedup vs dense ({col.split('/')[1]} backend, batch 1)",
            ylabel="zero-shot mean (%)", title="Accuracy vs speed")
-    ax.legend(fontsize=8)
+    _legend_outside(ax)
     return _save(fig, path)
 
 
@@ -85,19 +186,22 @@ def recovery_vs_fraction(table: pd.DataFrame, path: Path, source: str = "wiki_te
     col = f"ppl/{source}"
     if col not in table or table.get("recover.name", pd.Series()).nunique() < 2:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    pruned = table[table["prune.name"] != "none"].assign(x=_fraction)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    styles = _styles()
+    pruned = table[table["prune.name"] != "none"]
     for (method, recover), part in pruned.groupby(["prune.name", "recover.name"]):
-        part = part.sort_values("x")
-        ax.plot(part["x"], part[col], STYLE.get(method, "-"), label=f"{method} + {recover}")
+        color, marker = next(styles)
+        _errorbar(ax, _points(part, col), LINES.get(method, "-"), color, marker,
+                  f"{method} + {recover}", f"{method}-{recover}")
     ax.set(xlabel="parameters removed (% of total)", ylabel=f"PPL {source}", yscale="log",
            title="Recovery method vs pruned fraction")
-    ax.legend(fontsize=7, ncol=2)
+    _legend_outside(ax)
     return _save(fig, path)
 
 
 def experiment_figures(table: pd.DataFrame, prefix: Path) -> list[Path]:
-    """Every figure the table supports, as `<prefix>_<name>.png`."""
+    """Every figure the table supports: the PNGs `<prefix>_<name>.png` (each with its PDF and
+    SVG beside it, see `vector_files`)."""
     made = [
         ppl_vs_fraction(table, prefix.with_name(prefix.name + "_ppl_vs_fraction.png")),
         accuracy_vs_speedup(table, prefix.with_name(prefix.name + "_accuracy_vs_speedup.png")),

@@ -17,9 +17,11 @@ from pathlib import Path
 import pandas as pd
 
 from harness.sweeps.captions import caption, regenerate_commands
+from harness.sweeps.seeds import has_repeats, mean_std, seed_groups
 from harness.tracking.io import write_text_atomic
 from harness.tracking.results import by_experiment, read_table
 
+PROTOCOL_SEED = 1234  # DataConfig's default: the calibration every other table uses
 KEY_COLUMNS = ["experiment", "model", "prune.name", "prune.criterion", "prune.unit",
                "prune.ratio", "recover.name", "recover.tokens"]
 HEADLINE = ("params/total", "prune/ratio_achieved", "zeroshot/mean")
@@ -30,7 +32,8 @@ TASK_NAMES = {"boolq": "BoolQ", "piqa": "PIQA", "hellaswag": "HellaS", "winogran
 def metric_columns(table: pd.DataFrame) -> list[str]:
     """Perplexity of every evaluated source, then the other headline metrics present."""
     ppl = [c for c in table.columns
-           if c.startswith("ppl/") and not c.endswith(("/tokens", "/predicted"))]
+           if c.startswith("ppl/") and not c.endswith(("/tokens", "/predicted", "/boot_std",
+                                                       "/boot_lo", "/boot_hi"))]
     return ppl + [c for c in HEADLINE if c in table.columns]
 
 
@@ -96,7 +99,10 @@ def paper_table(part: pd.DataFrame) -> pd.DataFrame:
     for col in speed:
         out[f"decode ms ({col.split('/')[1]}, bs1)"] = part[col].round(2)
     order = ["Pruned %", "Method", "Recovery"]
-    return out.dropna(axis=1, how="all").sort_values(order).reset_index(drop=True)
+    out = out.dropna(axis=1, how="all").sort_values(order)
+    if has_repeats(part):  # one row per setting: mean ± std over calibration seeds, and n
+        return mean_std(out, seed_groups(part).loc[out.index])
+    return out.reset_index(drop=True)
 
 
 def convention_table(part: pd.DataFrame) -> pd.DataFrame | None:
@@ -124,7 +130,7 @@ def convention_table(part: pd.DataFrame) -> pd.DataFrame | None:
 
 def matched_rows(table: pd.DataFrame) -> pd.DataFrame:
     """Pruned runs comparable across experiments: depth or width by `prune.ratio`, no recovery,
-    whole blocks, real weights, PPL at seq_len 128."""
+    whole blocks, real weights, PPL at seq_len 128, the protocol's calibration seed."""
     def col(name, default):
         return table[name] if name in table else pd.Series(default, index=table.index)
 
@@ -134,7 +140,8 @@ def matched_rows(table: pd.DataFrame) -> pd.DataFrame:
             & (col("recover.name", "none").fillna("none") == "none")
             & (col("prune.unit", "block").fillna("block") == "block")
             & ~col("model/shape_only", False).fillna(False).astype(bool)
-            & (col("eval.seq_len", 128).fillna(128) == 128))
+            & (col("eval.seq_len", 128).fillna(128) == 128)
+            & col("data.calib_seed", PROTOCOL_SEED).fillna(PROTOCOL_SEED).eq(PROTOCOL_SEED))
     return table[keep]
 
 
@@ -165,7 +172,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
                  only: str | None = None) -> list[Path]:
     """Write tables and figures of every experiment in the results table (or `only` one);
     returns the files."""
-    from harness.sweeps.figures import experiment_figures
+    from harness.sweeps.figures import experiment_figures, vector_files
 
     table = read_table(results_dir)
     out = Path(out_dir or results_dir)
@@ -184,7 +191,8 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
             text = f"**{experiment}, both metric conventions.** {cap}\n\n" \
                 f"{conventions.to_markdown(index=False)}\n"
             written.append(write_text_atomic(out / f"{experiment}_conventions.md", text))
-        written += experiment_figures(part, out / experiment)
+        written += [f for png in experiment_figures(part, out / experiment)
+                    for f in (png, *vector_files(png))]
     if only is None:
         written += _write_matched_size(table, out)
     return written
@@ -192,7 +200,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
 
 def _write_matched_size(table: pd.DataFrame, out: Path) -> list[Path]:
     """`matched_size.{md,csv}` and its PPL-vs-size figures (dense at 0 when the table has it)."""
-    from harness.sweeps.figures import ppl_vs_fraction
+    from harness.sweeps.figures import ppl_vs_fraction, vector_files
 
     matched = matched_size_table(table)
     if matched is None:
@@ -214,7 +222,7 @@ def _write_matched_size(table: pd.DataFrame, out: Path) -> list[Path]:
         base = base.drop_duplicates("model") if "model" in base else base.head(1)  # one a model
         fig = ppl_vs_fraction(pd.concat([base, matched_rows(table)]),
                               out / f"matched_size_ppl_vs_fraction_{source}.png", source)
-        written += [fig] if fig else []
+        written += [fig, *vector_files(fig)] if fig else []
     return written
 
 
@@ -266,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="harness report", description=__doc__)
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--write", action="store_true", help="write tables and figures")
+    parser.add_argument("--only", metavar="EXPERIMENT",
+                        help="write the tables and figures of this experiment only")
     parser.add_argument("--wandb", action="store_true", help="log the summary to W&B")
     parser.add_argument("--rekey", action="store_true",
                         help="recompute every row's run_key under the current key schema")
@@ -274,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         rekey(args.results_dir)
     print_table(args.results_dir)
     if args.write or args.wandb:
-        files = write_report(args.results_dir)
+        files = write_report(args.results_dir, only=args.only)
         print("\nwrote " + ", ".join(str(f) for f in files))
         if args.wandb:
             log_to_wandb(args.results_dir, files)
