@@ -110,7 +110,9 @@ def test_two_processes_give_one_process_curves_and_write_everything_once(assets,
     sweeps = list((out / "outputs" / "multirun").iterdir())
     assert len(sweeps) == 1  # both ranks named the same sweep dir (rank 0's launch time)
     two, one = jobs(sweeps[0]), jobs(reference / "sweep")
-    assert sorted(two) == sorted(METHODS) and len(list(sweeps[0].iterdir())) == 5  # + yaml
+    others = {p.name for p in sweeps[0].iterdir()} - {job.name for job in two.values()}
+    assert sorted(two) == sorted(METHODS) and others == {"multirun.yaml", "wandb"}
+    assert len(list((sweeps[0] / "wandb").glob("offline-run-*"))) == 1  # the sweep's summary run, once
     for method, job in two.items():
         assert_same_curve(job, one[method])
         assert (job / "harness_rank1.log").exists()  # rank 1 ran, logging beside rank 0
