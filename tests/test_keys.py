@@ -13,6 +13,7 @@ from dataclasses import fields, is_dataclass, replace
 import pandas as pd
 import pytest
 
+from harness.assets import EMBEDDED_SHA256
 from harness.config import PRUNE_SCHEMAS, Config, EvalConfig, NoPrune, RunSpec
 from harness.data.config import DataConfig
 from harness.evaluation.config import SpeedConfig, ZeroShotConfig
@@ -64,6 +65,8 @@ def _other(name: str, value):
         return "true" if value != "true" else "false"
     if name == "device":  # where it runs; the dtype it runs in is keyed (fixed in _variants)
         return "cpu" if value != "cpu" else "meta"
+    if name == "name" and value in EMBEDDED_SHA256:  # an embedded model: keyed by its wheel
+        return next(m for m in EMBEDDED_SHA256 if m != value)
     if name == "path" and value is None:
         return "org/some-hub-model"
     if isinstance(value, bool):
