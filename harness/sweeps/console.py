@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from harness.sweeps.report import metric_columns
+from harness.sweeps.seeds import IDENTITY_PREFIXES
 from harness.tracking.results import read_table
 
-IDENTITY_PREFIXES = ("model.", "data.", "prune.", "recover.", "eval.")
 NAMING = ["prune.name", "prune.criterion", "prune.unit", "prune.ratio", "prune.num_blocks",
           "prune.unit_ratio", "recover.name", "recover.tokens"]
 
