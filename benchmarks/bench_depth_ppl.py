@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 from harness.pruning.blocks import count_block_forwards, decoder_layers  # noqa: E402
-from harness.pruning.depth_scores import candidates, ppl_scores, ppl_scores_naive  # noqa: E402
+from harness.pruning.importance.depth import candidates, ppl_scores, ppl_scores_naive  # noqa: E402
 
 
 def load(args):

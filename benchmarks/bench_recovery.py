@@ -19,7 +19,8 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, TrainerCallback
 
 from harness.models.params import count_params
-from harness.recovery import RecoverConfig, recover
+from harness.recovery.registry import settings
+from harness.recovery.run import recover
 
 LLAMA_1B = dict(
     hidden_size=2048,
@@ -80,7 +81,7 @@ def build(name: str, cuda: bool):
 def bench(model, method: str, args, vocab: int) -> dict:
     steps = args.warmup + args.steps
     tokens = steps * args.seq_len * args.batch_size
-    cfg = RecoverConfig(
+    cfg = settings(
         name=method,
         tokens=tokens,
         seq_len=args.seq_len,

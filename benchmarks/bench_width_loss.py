@@ -6,7 +6,7 @@
 
 Taylor needs one forward and one backward over the calibration batch; `loss` reruns blocks
 i..L-1 once per attention unit of every pruned layer i (prefix cached, see
-harness/pruning/width_loss.py), plus Taylor's pass for the MLP channels.
+harness/pruning/importance/width_loss.py), plus Taylor's pass for the MLP channels.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 from harness.pruning.blocks import count_block_forwards  # noqa: E402
+from harness.pruning.importance.width import score_groups  # noqa: E402
 from harness.pruning.width import WidthPruneConfig  # noqa: E402
-from harness.pruning.width_scores import score_groups  # noqa: E402
 
 
 def load(args):

@@ -31,11 +31,10 @@ import psutil
 import torch
 
 from harness.models.adapters import adapter_for
-from harness.pruning import criteria, depth_scores
+from harness.pruning.depth import DepthPruneConfig, score_blocks
+from harness.pruning.importance.registry import WIDTH_CRITERIA
+from harness.pruning.importance.width import score_groups
 from harness.pruning.width import WidthPruneConfig
-from harness.pruning.width_scores import score_groups
-
-DEPTH_ONLY = ("block_influence", "angular", "ppl", "magnitude", "last")
 
 
 class PeakMemory:
@@ -138,11 +137,11 @@ def load(args):
 
 def score(model, ids, one: str, protect_first: int) -> None:
     """One criterion: a depth one (block scores) or a width one (groups at a 20% unit ratio)."""
-    depth = one.startswith("depth_") or one in DEPTH_ONLY or one not in criteria.names()
+    depth = one.startswith("depth_") or one not in WIDTH_CRITERIA
     name = one.removeprefix("depth_")
     if depth:
-        cands = depth_scores.candidates(model, "block", protect_first, 2)
-        depth_scores.score(model, name, ids, cands, n=4)
+        cfg = DepthPruneConfig(criterion=name, num_blocks=4, protect_first=protect_first)
+        score_blocks(model, cfg, ids)
     else:
         score_groups(model, WidthPruneConfig(criterion=name, unit_ratio=0.2), ids)
 

@@ -22,7 +22,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.tracking.io import atomic_dir, sha256_file
+from harness.io import atomic_dir, sha256_file
 
 
 @dataclass(frozen=True)

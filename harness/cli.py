@@ -26,10 +26,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness import CONF_DIR, distributed
+from harness.cache.store import NonFiniteResult, non_finite
 from harness.config import apply_size_overrides, register_configs, validate
 from harness.hydra_errors import close_matches, one_line
-from harness.sweeps.cache import NonFiniteResult, non_finite
-from harness.tracking.io import write_json_atomic, write_text_atomic
+from harness.io import write_json_atomic, write_text_atomic
+from harness.registry import load_plugins
 from harness.tracking.results import upsert_row
 from harness.tracking.wandb_logger import (
     LoggerConfig,
@@ -108,10 +109,10 @@ def run_experiment(cfg: DictConfig) -> dict:
     """Validate, run every stage, write config.yaml / metrics.json, add the results row.
     With several processes every rank runs this; only rank 0 writes anything (see
     harness.distributed), and only rank 0 opens a W&B run."""
-    from harness.pipeline import run_identity
+    from harness.identity import run_identity
+    from harness.keys import config_key
     from harness.recovery.trainer import NonFiniteLossError
-    from harness.sweeps.cache import config_key
-    from harness.tracking.rows import result_row
+    from harness.reporting.rows import result_row
 
     distributed.setup()  # SLURM jobs with several tasks arrive here without harness.cli.main
     main = distributed.is_main()
@@ -144,7 +145,7 @@ def run_experiment(cfg: DictConfig) -> dict:
                       {"computed": run.cache.computed, "used": run.cache.used})
     run.cache.record_run(key, run_dir)
     row = result_row(spec, identity, key, metrics, run_dir)
-    upsert_row(cfg.results_dir, row)
+    upsert_row(spec.results_dir, row)
     if not run.trained:  # the recovered model came from the cache: post its recorded curve
         log_training_curve(tracker, run_dir / "train_log.csv")
     tracker.log(metrics)
@@ -161,9 +162,13 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["report"]:
         raise SystemExit(report_main(argv[1:]))
     if argv[:1] == ["cache"]:
-        from harness.sweeps.cache_tools import main as cache_main
+        from harness.cache.tools import main as cache_main
 
         raise SystemExit(cache_main(argv[1:]))
+    try:
+        load_plugins()
+    except ImportError as e:
+        fail(e)
     nproc = distributed.accelerate_cpu_processes()
     if nproc:
         distributed.relaunch_with_torchrun(nproc, argv)
@@ -187,18 +192,19 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _app(cfg: DictConfig) -> None:
+    load_plugins()  # again for jobs that start here (submitit unpickles the app)
     try:
         run_experiment(cfg)
     except (HydraException, OmegaConfBaseException) as e:  # a bug, not a composition error
         raise RuntimeError(f"{type(e).__name__}: {e}") from e
     if HydraConfig.get().mode.name == "RUN" and distributed.is_main():
-        from harness.sweeps.console import print_rows
+        from harness.reporting.console import print_rows
 
         print_rows(cfg.results_dir, HydraConfig.get().runtime.output_dir, "this run")
 
 
 def report_main(argv: list[str] | None = None) -> int:
-    from harness.sweeps.report import main as report
+    from harness.reporting.report import main as report
 
     return report(argv if argv is not None else sys.argv[1:])
 

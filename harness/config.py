@@ -1,9 +1,12 @@
 """Typed configs: the schema Hydra composes into, and the check that runs before any model loads.
 
 Every config group (`model`, `data`, `prune`, `recover`, `eval`, `logger`) is backed by a
-dataclass, so a misspelt key or a value of the wrong type fails at composition time. Semantic
-checks, and the checks of every input the run touches (model headers, texts, directories), run
-in `validate`, which reads headers and a little text but loads no model.
+dataclass, so a misspelt key or a value of the wrong type fails at composition time. `prune`
+has one schema per method (`<name>_schema`, from the pruning-method registry); `recover` has one
+schema holding every registered recovery method's fields, narrowed after composition to the
+chosen method's own config class. Semantic checks, and the checks of every input the run
+touches (model headers, texts, directories), run in `validate`, which reads headers and a
+little text but loads no model.
 """
 
 from __future__ import annotations
@@ -16,64 +19,29 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from harness.data.config import DataConfig
-from harness.data.text import check_source
 from harness.distributed import launch_time
-from harness.evaluation.config import SpeedConfig, ZeroShotConfig
+from harness.evaluation.config import EvalConfig
 from harness.hydra_errors import close_matches
 from harness.keys import Keyed
 from harness.models.loader import ModelConfig
-from harness.pruning.depth import DepthPruneConfig
-from harness.pruning.width import WidthPruneConfig
+from harness.pruning.methods import PRUNE_METHODS
+from harness.recovery import registry as recovery
 from harness.recovery.config import RecoverConfig
 from harness.tracking.wandb_logger import LoggerConfig
 from harness.validation import InputError, check_inputs
 
 
 @dataclass
-class EvalConfig(Keyed):
-    """What to measure on the final model. Perplexity follows PROTOCOL.md on each source."""
-
-    DETERMINING = ("ppl_sources", "seq_len", "zeroshot", "speed")
-    NOT_DETERMINING = ("batch_size",)
-
-    ppl_sources: list[str] = field(default_factory=lambda: ["wiki_test", "c4_test"])
-    seq_len: int = 128
-    batch_size: int = 8
-    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
-    speed: SpeedConfig = field(default_factory=SpeedConfig)
-
-    def validate(self) -> None:
-        for source in self.ppl_sources:
-            check_source(source, role="evaluation")
-        if self.seq_len < 2 or self.batch_size < 1:
-            raise ValueError("eval.seq_len must be >= 2 and eval.batch_size >= 1")
-        if self.zeroshot.enabled:
-            self.zeroshot.validate()
-        if self.speed.enabled:
-            self.speed.validate()
-
-
-@dataclass
-class NoPrune(Keyed):
-    DETERMINING = ("name",)
-
-    name: str = "none"
-
-    def validate(self, hf_config) -> None:  # noqa: ARG002 - same signature as the others
-        pass
-
-
-@dataclass
 class Config(Keyed):
-    """The whole run. Its determining parts make the run key (harness.pipeline.run_identity)."""
+    """The whole run. Its determining parts make the run key (harness.identity)."""
 
     DETERMINING = ("model", "data", "prune", "recover", "eval")
     NOT_DETERMINING = ("logger", "experiment", "results_dir", "cache_dir", "seed")
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    prune: Any = MISSING  # one of PRUNE_SCHEMAS, picked by the `prune` group
-    recover: RecoverConfig = field(default_factory=RecoverConfig)
+    prune: Any = MISSING  # one of the pruning methods' schemas, picked by the `prune` group
+    recover: Any = MISSING  # the recovery schema (every method's fields), see recovery.registry
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     experiment: str = "default"  # name of the experiment delta, for grouping
@@ -82,18 +50,19 @@ class Config(Keyed):
     seed: int = 0  # unused by any stage (they have their own seeds); kept for old overrides
 
 
-PRUNE_SCHEMAS = {"none": NoPrune, "depth": DepthPruneConfig, "width": WidthPruneConfig}
 # `${launch_time:FORMAT}` names run dirs (conf/config.yaml). Registered on import, so submitit
 # jobs that unpickle the app have it too; cached, so a job reuses the submitter's value.
 OmegaConf.register_new_resolver("launch_time", launch_time, use_cache=True, replace=True)
 
 
 def register_configs() -> None:
-    """Put the schemas where the YAML files under conf/ extend them (`<name>_schema`)."""
+    """Put the schemas where the YAML files under conf/ extend them: `config_schema`,
+    `prune/<method>_schema` for every pruning method, `recover/schema`."""
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    for name, schema in PRUNE_SCHEMAS.items():
-        cs.store(group="prune", name=f"{name}_schema", node=schema)
+    for method in PRUNE_METHODS:
+        cs.store(group="prune", name=f"{method.name}_schema", node=method.config)
+    cs.store(group="recover", name="schema", node=recovery.schema())
 
 
 @dataclass
@@ -102,12 +71,16 @@ class RunSpec:
 
     model: ModelConfig
     data: DataConfig
-    prune: NoPrune | DepthPruneConfig | WidthPruneConfig
-    recover: RecoverConfig
+    prune: Any  # the pruning method's config (NoPrune, DepthPruneConfig, WidthPruneConfig, ...)
+    recover: RecoverConfig  # the recovery method's own config class
     eval: EvalConfig
-    logger: LoggerConfig
-    raw: DictConfig
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    experiment: str = "default"
+    results_dir: str = "results"
+    cache_dir: str | None = None
+    hf_config: Any = None  # the starting model's transformers config (from its headers)
     dense_params: int = 0  # parameters of the starting model, from its config and headers
+    raw: DictConfig | None = None  # the composed config, as written to config.yaml
 
 
 def apply_size_overrides(cfg: DictConfig, overrides) -> DictConfig:
@@ -115,7 +88,8 @@ def apply_size_overrides(cfg: DictConfig, overrides) -> DictConfig:
     files set (the group default `ratio: 0.2`, or an experiment's), so `prune=depth
     prune.num_blocks=8` needs no `prune.ratio=null`. Two sizes given as overrides stay an error:
     validation names both. `overrides` are Hydra's task overrides of this run."""
-    sizes = getattr(PRUNE_SCHEMAS.get(cfg.prune.name), "SIZE_FIELDS", ())
+    schema = PRUNE_METHODS.get(cfg.prune.name).config if cfg.prune.name in PRUNE_METHODS else None
+    sizes = getattr(schema, "SIZE_FIELDS", ())
     keys = {f"prune.{name}": name for name in sizes}
     given = {keys[o.key_or_group] for o in OverridesParser.create().parse_overrides(list(overrides))
              if o.key_or_group in keys and not o.is_delete() and o.value() is not None}
@@ -148,7 +122,9 @@ def validate(cfg: DictConfig) -> RunSpec:
     obj = OmegaConf.to_object(cfg)
     for key, known in unknown_keys(obj):  # `+recover.x=...` adds a key the schema lacks
         raise InputError(f"unknown key {key}: {close_matches(key.rsplit('.', 1)[-1], known)}")
-    spec = RunSpec(obj.model, obj.data, obj.prune, obj.recover, obj.eval, obj.logger, raw=cfg)
+    spec = RunSpec(obj.model, obj.data, obj.prune, recovery.narrow(obj.recover), obj.eval,
+                   obj.logger, experiment=obj.experiment,
+                   results_dir=obj.results_dir, cache_dir=obj.cache_dir, raw=cfg)
     spec.model.validate()
     spec.data.validate()
     spec.eval.validate()
@@ -156,5 +132,5 @@ def validate(cfg: DictConfig) -> RunSpec:
     spec.recover.validate()
     if spec.model.shape_only and spec.recover.name != "none":
         raise ValueError(f"{spec.model.name} has random weights: recovery on it is meaningless")
-    spec.dense_params = check_inputs(spec)
+    spec.hf_config, spec.dense_params = check_inputs(spec)
     return spec

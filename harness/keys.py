@@ -10,19 +10,28 @@ Every config dataclass lists each of its fields in exactly one of two class attr
 
 A field listed in neither (or both) is an error: `key_fields()` raises and tests/test_keys.py
 checks every schema, so a new field cannot slip into or out of the keys unnoticed. Adding a field:
-put its name in one of the two tuples of its config class. A field that matters only in some
-settings (LoRA's rank under recover=cpt, the seed of a non-random criterion) is still
-DETERMINING; the class's `key_fields()` drops it where it has no effect.
+put its name in one of the two tuples of its config class (a subclass lists only the fields it
+adds; the tuples of its bases count too). A field that matters only in some settings (the seed
+of a non-random criterion) is still DETERMINING; the class's `key_fields()` drops it where it
+has no effect. `config_key` hashes what the keys hold; harness/identity.py builds them.
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
 import math
 import types
 import typing
 from dataclasses import fields, is_dataclass
 from typing import ClassVar
+
+
+def config_key(obj) -> str:
+    """Stable 16-hex-digit hash of a JSON-able config (dict key order does not matter)."""
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 class Keyed:
@@ -31,10 +40,24 @@ class Keyed:
     DETERMINING: ClassVar[tuple[str, ...]] = ()
     NOT_DETERMINING: ClassVar[tuple[str, ...]] = ()
 
+    @classmethod
+    def determining(cls) -> tuple[str, ...]:
+        """DETERMINING of this class and its bases, bases first."""
+        return _declared(cls, "DETERMINING")
+
+    @classmethod
+    def not_determining(cls) -> tuple[str, ...]:
+        return _declared(cls, "NOT_DETERMINING")
+
     def key_fields(self) -> dict:
         """{field: value} of the determining fields; a nested config gives its own key_fields."""
         check_declared(type(self))
-        return {name: _key_value(getattr(self, name)) for name in self.DETERMINING}
+        return {name: _key_value(getattr(self, name)) for name in self.determining()}
+
+
+def _declared(cls, attr: str) -> tuple[str, ...]:
+    names = [n for base in reversed(cls.__mro__) for n in base.__dict__.get(attr, ())]
+    return tuple(dict.fromkeys(names))
 
 
 def _key_value(value):
@@ -49,7 +72,7 @@ def undeclared(cls) -> list[str]:
     """Fields of `cls` not in exactly one of DETERMINING / NOT_DETERMINING, and names listed
     there that are not fields."""
     names = [f.name for f in fields(cls)]
-    det, non = cls.DETERMINING, cls.NOT_DETERMINING
+    det, non = cls.determining(), cls.not_determining()
     bad = [n for n in names if (n in det) + (n in non) != 1]
     return bad + [n for n in (*det, *non) if n not in names]
 

@@ -25,6 +25,8 @@ from harness.models.adapters import check_supported
 from harness.models.hub import HubError
 from harness.models.loader import model_source, resolve_device, resolve_dtype
 from harness.models.shapes import shape_config
+from harness.recovery.registry import METHODS
+from harness.recovery.run import min_tokens
 
 _models: dict[tuple, tuple] = {}  # checked model dirs -> (hf_config, params), per process
 _tokenizers: dict[str, object] = {}
@@ -40,8 +42,9 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def check_inputs(spec) -> int:
-    """Check every input of `spec` (a RunSpec); return the dense model's parameter count."""
+def check_inputs(spec) -> tuple[object, int]:
+    """Check every input of `spec` (a RunSpec); return the starting model's transformers config
+    and parameter count."""
     hf_config, params = check_model(spec.model)
     spec.prune.validate(hf_config)
     check_positions(spec, hf_config)
@@ -53,12 +56,13 @@ def check_inputs(spec) -> int:
         if spec.prune.name != "none":
             check_text(spec.data.calib_source, "data.calib_source", tokenizer,
                        spec.data.calib_seq_len + 1, "data.calib_seq_len", per_document=True)
-        if spec.recover.name != "none" and spec.recover.data != "wiki_train":
+        if "training_data" in METHODS.get(spec.recover.name).needs and \
+                spec.recover.data != "wiki_train":
             check_training_data(spec.recover, tokenizer)
-    check_results_dir(spec.raw.get("results_dir") or "results")
-    if spec.raw.get("cache_dir"):
-        check_writable(spec.raw.cache_dir, "cache_dir")
-    return params
+    check_results_dir(spec.results_dir)
+    if spec.cache_dir:
+        check_writable(spec.cache_dir, "cache_dir")
+    return hf_config, params
 
 
 # ---- the model ----------------------------------------------------------------------------
@@ -205,9 +209,8 @@ def check_positions(spec, hf_config) -> None:
 
 def check_budget(cfg, world: int | None = None) -> None:
     """The token budget buys at least one optimizer step per phase (never silently more)."""
-    if cfg.name == "none":
+    if not METHODS.get(cfg.name).phases:
         return
-    from harness.recovery import min_tokens
 
     world = world or int(os.environ.get("WORLD_SIZE", "1"))
     need = min_tokens(cfg, world)
@@ -215,7 +218,8 @@ def check_budget(cfg, world: int | None = None) -> None:
         step = (f"recover.seq_len x batch_size x grad_accum{' x world size' * (world > 1)} = "
                 f"{cfg.seq_len} x {cfg.batch_size} x {cfg.grad_accum}"
                 f"{f' x {world}' * (world > 1)}")
-        per_phase = " per phase (cpt, then lora)" if len(cfg.phases) > 1 else ""
+        names = [p.name for p in METHODS.get(cfg.name).phases]
+        per_phase = f" per phase ({', then '.join(names)})" if len(names) > 1 else ""
         raise InputError(f"recover.tokens={cfg.tokens} is less than one optimizer step{per_phase}"
                          f" ({step} tokens): set recover.tokens >= {need}")
 
@@ -341,6 +345,9 @@ def check_results_dir(results_dir: str | Path) -> None:
     """The results table can be read now and written at the end of the run."""
     from harness.tracking.results import TABLE, read_table
 
+    if not str(results_dir or "").strip():
+        raise InputError("results_dir is empty: give the directory for results.csv "
+                         "(default: results)")
     check_writable(results_dir, "results_dir")
     if not (Path(results_dir) / TABLE).exists():
         return
@@ -367,7 +374,7 @@ def model_stage_bytes(spec, params: int) -> dict[str, int]:
     if spec.prune.name != "none":
         out["pruned"] = kept * width
     if spec.recover.name != "none":
-        full = any(p in ("cpt", "kd") for p in spec.recover.phases)
+        full = any(p.full_parameters for p in METHODS.get(spec.recover.name).phases)
         out["recovered"] = kept * width + (2 * kept * (width + 8) if full else 0)
     return out
 

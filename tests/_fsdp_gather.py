@@ -11,14 +11,14 @@ import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 
 from harness.models.tiny import tiny_model
-from harness.recovery.config import RecoverConfig
 from harness.recovery.fsdp import gather_plain, meta_copy
-from harness.recovery.lora import attach_lora, merge_lora
+from harness.recovery.methods.lora import attach_lora, merge_lora
+from harness.recovery.registry import settings
 
 
 def build(lora: bool):
     model = tiny_model(seed=0, tie=True)
-    return attach_lora(model, RecoverConfig(name="lora", tokens=1, lora_dropout=0.0)) if lora \
+    return attach_lora(model, settings(name="lora", tokens=1, lora_dropout=0.0)) if lora \
         else model
 
 

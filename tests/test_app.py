@@ -7,9 +7,9 @@ import sys
 import pandas as pd
 from test_config import _compose
 
+from harness.cache.store import StageCache
 from harness.config import validate
 from harness.pipeline import Run
-from harness.sweeps.cache import StageCache
 
 
 def _overrides(tiny_dir, text_file, tmp_path):
@@ -46,8 +46,8 @@ def test_cli_writes_run_dir_and_one_results_row(tiny_dir, text_file, tmp_path):
 
 
 def test_results_row_records_the_speed_grid_only_when_speed_ran(tiny_dir, text_file, tmp_path):
-    from harness.pipeline import run_identity
-    from harness.tracking.rows import result_row
+    from harness.identity import run_identity
+    from harness.reporting.rows import result_row
 
     def row(spec, metrics):
         return result_row(spec, run_identity(spec), "k", metrics, tmp_path)

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from harness import cli
-from harness.sweeps import cache as cache_mod
-from harness.sweeps.cache import (
+from harness.cache import store as cache_mod
+from harness.cache.store import (
     CORRUPT,
     MANIFEST,
     NonFiniteResult,
@@ -19,7 +19,7 @@ from harness.sweeps.cache import (
     check_entry,
     config_key,
 )
-from harness.sweeps.cache_tools import main as cache_main
+from harness.cache.tools import main as cache_main
 
 
 @pytest.fixture(autouse=True)

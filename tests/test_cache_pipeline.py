@@ -14,10 +14,10 @@ from test_bad_inputs import _invoke
 from test_cache import _corruptions
 from test_config import _compose
 
+from harness.cache import store as cache_mod
+from harness.cache.store import ENTRY, MANIFEST, StageCache
 from harness.config import validate
 from harness.pipeline import Run
-from harness.sweeps import cache as cache_mod
-from harness.sweeps.cache import ENTRY, MANIFEST, StageCache
 
 STAGES = ("importance", "pruned", "recovered", "efficiency", "ppl")
 VOLATILE = ("time", "tokens_per_s")  # wall-clock figures differ between computations

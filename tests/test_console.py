@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from harness.sweeps.console import print_rows, run_view, varying_columns
+from harness.reporting.console import print_rows, run_view, varying_columns
 from harness.tracking.results import upsert_row
 
 

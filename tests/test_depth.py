@@ -14,21 +14,24 @@ from harness.models import cache_kwarg
 from harness.models.adapters import adapter_for
 from harness.models.params import count_params
 from harness.models.tiny import tiny_model
-from harness.pruning.blocks import count_block_forwards, decoder_layers
-from harness.pruning.depth import (
-    DepthPruneConfig,
-    build_skeleton_from_config,
-    load_depth_pruned,
-    prune_depth,
+from harness.models.uneven import build_skeleton, load_uneven
+from harness.pruning.blocks import (
+    count_block_forwards,
+    decoder_layers,
     remove_blocks,
     remove_sublayers,
+)
+from harness.pruning.depth import (
+    DepthPruneConfig,
+    prune_depth,
     save_plan,
     score_blocks,
     select_blocks,
     total_params,
     unit_params,
 )
-from harness.pruning.depth_scores import CRITERIA, candidates, ppl_scores, ppl_scores_naive
+from harness.pruning.importance.depth import candidates, ppl_scores, ppl_scores_naive
+from harness.pruning.importance.registry import DEPTH_CRITERIA
 
 ARCHS = [("llama", False), ("llama", True)]  # every family at GQA: test_families.py
 
@@ -104,9 +107,9 @@ def test_sublayer_checkpoint_reloads_strictly_through_skeleton(tmp_path, unit):
     model, ids = tiny_model("llama", layers=5, tie=True), calib()
     remove_sublayers(model, [1, 2], unit)
     model.save_pretrained(tmp_path, safe_serialization=True)
-    skeleton = build_skeleton_from_config(model.config)
+    skeleton = build_skeleton(model.config)
     assert set(skeleton.state_dict()) == set(model.state_dict())
-    reloaded = load_depth_pruned(tmp_path, dtype=torch.float32, attn_implementation="eager")
+    reloaded = load_uneven(tmp_path, dtype=torch.float32, attn_implementation="eager")
     assert getattr(reloaded.config, f"harness_skip_{unit}") == [1, 2]
     torch.testing.assert_close(logits(reloaded, ids), logits(model, ids), atol=0, rtol=0)
 
@@ -181,7 +184,7 @@ def test_magnitude_is_frobenius_norm_of_weight_matrices():
     assert scores[1] == pytest.approx(flat.norm().item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("criterion", CRITERIA)
+@pytest.mark.parametrize("criterion", DEPTH_CRITERIA.names())
 def test_every_criterion_scores_candidates_and_respects_protection(criterion):
     model, ids = tiny_model("mistral", layers=8), calib()
     cfg = DepthPruneConfig(criterion=criterion, num_blocks=2, protect_first=2, protect_last=2)
@@ -269,9 +272,9 @@ def test_ratio_removes_closest_number_of_units(ratio, unit):
     [
         (
             {"criterion": "bogus", "num_blocks": 1},
-            r"unknown depth criterion 'bogus'; choose from ppl",
+            r"prune.criterion='bogus' is not a depth criterion; choose from ppl",
         ),
-        ({"unit": "head", "num_blocks": 1}, r"unknown depth unit 'head'; choose from block, attn"),
+        ({"unit": "head", "num_blocks": 1}, r"prune.unit='head' is unknown; choose from block, attn"),
         ({"ratio": 1.0}, r"prune.ratio must be in \[0, 1\), got 1.0"),
         ({"ratio": -0.1}, r"prune.ratio must be in \[0, 1\)"),
         ({"num_blocks": 25}, r"num_blocks=25 must be in \[0, 24\] \(30 layers"),
@@ -282,7 +285,7 @@ def test_ratio_removes_closest_number_of_units(ratio, unit):
         ({}, r"set exactly one of prune.ratio, prune.num_blocks, prune.blocks \(got \[\]\)"),
         (
             {"criterion": "angular", "unit": "mlp", "num_blocks": 1},
-            r"'angular' supports unit 'block'",
+            r"'angular' supports prune.unit block only",
         ),
         (
             {"criterion": "angular", "iterative": True, "num_blocks": 2},

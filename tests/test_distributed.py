@@ -188,10 +188,10 @@ def test_fsdp2_sharded_model_gathers_back_into_the_plain_model(tmp_path):
 def test_fsdp_keys_map_onto_the_trainers_own_fsdp_options(tmp_path):
     from accelerate.utils import FullyShardedDataParallelPlugin
 
-    from harness.recovery.config import RecoverConfig
+    from harness.recovery.registry import settings
     from harness.recovery.trainer import training_args
 
-    cfg = RecoverConfig(name="cpt", tokens=64, fsdp="full_shard", fsdp_offload=True,
+    cfg = settings(name="cpt", tokens=64, fsdp="full_shard", fsdp_offload=True,
                         gradient_checkpointing=True)
     args = training_args(cfg, tmp_path, lr=1e-4, max_steps=2)
     assert args.fsdp is True and args.activation_checkpointing is False  # FSDP's own AC instead
@@ -199,11 +199,11 @@ def test_fsdp_keys_map_onto_the_trainers_own_fsdp_options(tmp_path):
     assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
     assert plugin.cpu_offload and plugin.activation_checkpointing
     assert plugin.state_dict_type.name == "SHARDED_STATE_DICT"
-    grad_op = training_args(RecoverConfig(name="lora", tokens=64, fsdp="shard_grad_op"), tmp_path,
+    grad_op = training_args(settings(name="lora", tokens=64, fsdp="shard_grad_op"), tmp_path,
                             lr=1e-4, max_steps=2)
     assert grad_op.fsdp_plugin_args["reshard_after_forward"] is False
     assert not grad_op.fsdp_plugin_args.get("cpu_offload")
-    plain = training_args(RecoverConfig(name="cpt", tokens=64, gradient_checkpointing=True),
+    plain = training_args(settings(name="cpt", tokens=64, gradient_checkpointing=True),
                           tmp_path, lr=1e-4, max_steps=2)
     assert not plain.fsdp and plain.activation_checkpointing is True
 
@@ -214,10 +214,10 @@ def test_fsdp_keys_map_onto_the_trainers_own_fsdp_options(tmp_path):
     ({"fsdp": "full_shard"}, "needs GPUs and a distributed launch"),  # this CPU-only process
 ])
 def test_bad_fsdp_settings_fail_in_one_line(fields, needle):
-    from harness.recovery.config import RecoverConfig
+    from harness.recovery.registry import settings
 
     with pytest.raises(ValueError, match=needle) as err:
-        RecoverConfig(name="cpt", tokens=64, **fields).validate()
+        settings(name="cpt", tokens=64, **fields).validate()
     assert "\n" not in str(err.value)
 
 
@@ -225,13 +225,13 @@ def test_world_size_enters_recovery_keys_only(monkeypatch, tmp_path, tiny_dir):
     from test_config import _compose
 
     from harness.config import validate
-    from harness.pipeline import Run, run_key
+    from harness.identity import run_key, stage_keys
 
     lora = validate(_compose([f"model.path={tiny_dir}", "recover=lora", "recover.tokens=4096"]))
     dense = validate(_compose([f"model.path={tiny_dir}"]))
-    one = (run_key(lora), run_key(dense), Run(lora, tmp_path).final_key)
+    one = (run_key(lora), run_key(dense), stage_keys(lora)["recovered"])
     monkeypatch.setenv("WORLD_SIZE", "2")
-    two = (run_key(lora), run_key(dense), Run(lora, tmp_path).final_key)
+    two = (run_key(lora), run_key(dense), stage_keys(lora)["recovered"])
     assert one[0] != two[0] and one[1] == two[1]  # evaluation alone: rank 0, same numbers
     assert two[2]["recover"]["world_size"] == 2 and "world_size" not in one[2]["recover"]
     assert "fsdp" not in lora.recover.key_fields()  # how it is spread, not what it computes

@@ -23,10 +23,10 @@ from harness.models.tiny import FAMILIES, tiny_model, tiny_tokenizer
 from harness.models.uneven import is_uneven
 from harness.pruning.blocks import remove_blocks, remove_sublayers
 from harness.pruning.depth import total_params, unit_params
-from harness.pruning.depth_scores import candidates, ppl_scores, ppl_scores_naive
+from harness.pruning.importance.depth import candidates, ppl_scores, ppl_scores_naive
+from harness.pruning.importance.width import score_groups
 from harness.pruning.ratio import Geometry, removed_params, solve_counts
 from harness.pruning.width import WidthPruneConfig, prune_width
-from harness.pruning.width_scores import score_groups
 
 IDS = torch.randint(3, 256, (3, 14), generator=torch.Generator().manual_seed(0))
 FAMILY = pytest.mark.parametrize("family", FAMILIES)
@@ -187,13 +187,13 @@ def test_analytic_flops_equal_flop_counter_dense_and_pruned(family):
 
 @FAMILY
 def test_lora_targets_wrap_every_projection(family):
-    from harness.recovery.config import RecoverConfig
-    from harness.recovery.lora import attach_lora
+    from harness.recovery.methods.lora import attach_lora
+    from harness.recovery.registry import settings
 
     model = model_(family)
     adapter = adapter_for(model)
     linears = sum(isinstance(m, torch.nn.Linear) for m in adapter.layers(model)[0].modules())
-    peft_model = attach_lora(model, RecoverConfig(name="lora", tokens=1))
+    peft_model = attach_lora(model, settings(name="lora", tokens=1))
     layer = adapter.layers(peft_model)[0]
     assert sum(hasattr(m, "lora_A") for m in layer.modules()) == linears
 

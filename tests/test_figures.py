@@ -4,7 +4,7 @@ import re
 
 import pandas as pd
 
-from harness.sweeps.figures import (
+from harness.reporting.figures import (
     OKABE_ITO,
     accuracy_vs_speedup,
     experiment_figures,

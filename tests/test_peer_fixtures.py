@@ -20,8 +20,8 @@ from harness.data.text import calibration_ids
 from harness.models.loader import load_model
 from harness.pruning import ratio as R
 from harness.pruning.depth import DepthPruneConfig, score_blocks, select_blocks
+from harness.pruning.importance.width import score_groups
 from harness.pruning.width import WidthPruneConfig, select_kept
-from harness.pruning.width_scores import score_groups
 
 pytestmark = pytest.mark.integration
 FIXTURES = Path(__file__).parent / "fixtures" / "peers"

@@ -13,7 +13,6 @@ from transformers import TrainerCallback
 
 from harness.models.adapters import adapter_for
 from harness.models.tiny import tiny_model
-from harness.recovery import NonFiniteLossError, RecoverConfig, phase_steps, recover
 from harness.recovery.data import (
     IGNORE,
     CyclicDataset,
@@ -23,9 +22,11 @@ from harness.recovery.data import (
     load_examples,
     pack,
 )
-from harness.recovery.kd import distill_loss
-from harness.recovery.lora import attach_lora, merge_lora
-from harness.recovery.trainer import MARKER, checkpoint_time, read_log
+from harness.recovery.methods.kd import distill_loss
+from harness.recovery.methods.lora import attach_lora, merge_lora
+from harness.recovery.registry import settings
+from harness.recovery.run import phase_steps, recover
+from harness.recovery.trainer import MARKER, NonFiniteLossError, checkpoint_time, read_log
 
 SEQ, BS, STEPS = 32, 8, 16
 TOKENS = SEQ * BS * STEPS
@@ -48,7 +49,7 @@ def ppl(model, ids: torch.Tensor) -> float:
     return math.exp(model.eval()(blocks, labels=blocks).loss.item())
 
 
-def make_cfg(name: str = "cpt", **kw) -> RecoverConfig:
+def make_cfg(name: str = "cpt", **kw):
     base = dict(
         name=name,
         tokens=TOKENS,
@@ -60,7 +61,7 @@ def make_cfg(name: str = "cpt", **kw) -> RecoverConfig:
         save_steps=8,
         disable_tqdm=True,
     )
-    return RecoverConfig(**{**base, **kw})
+    return settings(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -78,38 +79,49 @@ def runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "field,value,needle",
+    "method,field,value,needle",
     [
-        ("name", "qlora", "recover.name"),
-        ("tokens", 0, "recover.tokens"),
-        ("lr", 0.0, "recover.lr"),
-        ("lora_lr", -1.0, "recover.lora_lr"),
-        ("cpt_fraction", 1.0, "recover.cpt_fraction"),
-        ("kd_alpha", 1.5, "recover.kd_alpha"),
-        ("warmup_ratio", 1.0, "recover.warmup_ratio"),
-        ("data", "corpus.csv", "recover.data"),
-        ("bf16", "maybe", "recover.bf16"),
-        ("lora_targets", [], "recover.lora_targets"),
+        ("cpt", "tokens", 0, "recover.tokens"),
+        ("cpt", "lr", 0.0, "recover.lr"),
+        ("lora", "lora_lr", -1.0, "recover.lora_lr"),
+        ("cpt_lora", "cpt_fraction", 1.0, "recover.cpt_fraction"),
+        ("kd", "kd_alpha", 1.5, "recover.kd_alpha"),
+        ("kd", "lr", -1.0, "recover.lr"),
+        ("cpt", "warmup_ratio", 1.0, "recover.warmup_ratio"),
+        ("cpt", "data", "corpus.csv", "recover.data"),
+        ("lora", "bf16", "maybe", "recover.bf16"),
+        ("cpt_lora", "lora_targets", [], "recover.lora_targets"),
     ],
 )
-def test_validate_rejects_bad_values(field, value, needle):
-    cfg = make_cfg(**{"name": "cpt", field: value})
+def test_validate_rejects_bad_values(method, field, value, needle):
+    cfg = make_cfg(**{"name": method, field: value})
     with pytest.raises(ValueError, match=needle) as err:
         cfg.validate()
     assert "\n" not in str(err.value)
 
 
-def test_defaults_are_valid_and_none_needs_no_budget():
-    cfg = RecoverConfig()
-    cfg.validate()
-    assert cfg.tokens == 0 and cfg.lr == 1e-4 and (cfg.adam_beta1, cfg.adam_beta2) == (0.9, 0.95)
-    assert len(cfg.lora_targets) == 7 and cfg.phases == []
+def test_each_method_has_its_own_fields_and_the_schema_has_them_all():
+    from dataclasses import fields
+
+    from harness.recovery.registry import schema
+
+    assert settings().key_fields() == {"name": "none"} and phase_steps(settings()) == []
+    with pytest.raises(ValueError, match="'qlora' is not a recovery method"):
+        settings("qlora")
+    with pytest.raises(ValueError, match="recover.lora_rank is not a recovery setting"):
+        settings("lora", lora_rank=4)
+    lora, cpt = settings("lora", lr=0.5, kd_alpha=0.2), settings("cpt", lora_r=4)
+    assert "lr" not in lora.key_fields() and not hasattr(lora, "kd_alpha") and lora.lora_r == 8
+    assert "lora_r" not in cpt.key_fields() and cpt.lr == 1e-4
+    both = settings("cpt_lora").key_fields()
+    assert {"lr", "lora_lr", "lora_r", "cpt_fraction"} <= set(both) and "kd_alpha" not in both
+    assert {f.name for f in fields(schema())} >= {"lr", "lora_lr", "kd_alpha", "cpt_fraction"}
 
 
 def test_none_returns_model_unchanged(tmp_path):
     model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    out, metrics = recover(model, RecoverConfig(), None, tmp_path)
+    out, metrics = recover(model, settings(), None, tmp_path)
     assert out is model and metrics == {}
     assert all(torch.equal(before[k], v) for k, v in out.state_dict().items())
 

@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from harness.sweeps.captions import caption, regenerate_commands
-from harness.sweeps.report import (
+from harness.reporting.captions import caption, regenerate_commands
+from harness.reporting.report import (
     experiment_report,
     matched_size_table,
     paper_table,

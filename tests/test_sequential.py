@@ -1,4 +1,4 @@
-"""Block-by-block scoring (harness.pruning.sequential) gives exactly the whole-model scores.
+"""Block-by-block scoring (harness.pruning.importance.sequential) gives exactly the whole-model scores.
 
 The references below are the whole-model implementations the harness used before: one full
 forward with hooks recording every block boundary and every output projection's input.
@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from harness.models.adapters import adapter_for
 from harness.models.tiny import tiny_model
 from harness.pruning.blocks import count_block_forwards
-from harness.pruning.depth_scores import angular_scores, block_influence_scores, candidates
-from harness.pruning.sequential import block_inputs, walk
+from harness.pruning.importance.depth import angular_scores, block_influence_scores, candidates
+from harness.pruning.importance.sequential import block_inputs, walk
+from harness.pruning.importance.width import score_groups
 from harness.pruning.width import WidthPruneConfig
-from harness.pruning.width_scores import score_groups
 
 MODELS = [("llama", True), ("llama", False), ("qwen2", True)]
 
@@ -134,8 +134,8 @@ def test_recomputed_blocks_leave_gradient_scores_bitwise_unchanged(arch, monkeyp
     pass); the scores are those of the backward that keeps them all."""
     from contextlib import nullcontext
 
-    from harness.pruning import grads
-    from harness.pruning.depth_scores import taylor_scores
+    from harness.pruning.importance import grads
+    from harness.pruning.importance.depth import taylor_scores
 
     model, ids = tiny_model(arch, layers=5), calib()
     cfgs = {c: WidthPruneConfig(criterion=c, unit_ratio=0.25, layer_start=1, layer_end=-1)

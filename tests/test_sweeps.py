@@ -92,7 +92,7 @@ def test_submitit_local_launcher_runs_two_jobs_into_one_table(tiny_dir, text_fil
 
 
 def test_cache_removes_a_killed_runs_temporary_entry_but_not_a_live_ones(tmp_path):
-    from harness.sweeps.cache import _HOST, StageCache
+    from harness.cache.store import _HOST, StageCache
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

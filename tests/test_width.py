@@ -17,9 +17,9 @@ from harness.models.params import count_params
 from harness.models.shapes import shape_config
 from harness.models.tiny import tiny_config, tiny_model
 from harness.models.uneven import is_uneven, load_uneven
+from harness.pruning.importance.width import score_groups
 from harness.pruning.ratio import Geometry, removed_params, solve_counts
 from harness.pruning.width import WidthPruneConfig, _compensation, prune_width
-from harness.pruning.width_scores import score_groups
 
 IDS = torch.randint(3, 256, (4, 12), generator=torch.Generator().manual_seed(0))
 MODELS = {  # every family, at GQA and global scope: test_families.py
@@ -321,46 +321,44 @@ def test_invalid_configs_raise():
 
 
 def test_criteria_registry_drives_calibration_selection_and_cache_key():
-    from harness.pruning import criteria
-    from harness.pruning.api import importance_fields
+    from harness.pruning.importance import registry as criteria
 
-    names = criteria.names()
+    names = criteria.WIDTH_CRITERIA.names()
     assert names[:3] == ("random", "l1", "l2") and "flap" in names
     for name in names:  # a criterion that needs nothing from calibration scores without it
-        crit = criteria.get(name)
+        crit = criteria.WIDTH_CRITERIA.get(name)
         if crit.needs_calibration:
             with pytest.raises(ValueError, match="needs calib_ids"):
                 score_groups(tiny_model("llama"), cfg_(criterion=name))
         else:
             score_groups(tiny_model("llama"), cfg_(criterion=name))
-    assert [n for n in names if criteria.get(n).joint_selection] == ["flap"]
+    assert [c.name for c in criteria.WIDTH_CRITERIA if c.joint_selection] == ["flap"]
     assert criteria.compensates(cfg_(criterion="flap"))
     assert not criteria.compensates(cfg_(criterion="flap", flap_bias_compensation=False))
     assert not criteria.compensates(cfg_(criterion="wanda_sp"))
     # the seed keys random scores only; the size never keys any
-    key = importance_fields(cfg_(criterion="random", seed=1), None)
+    key = cfg_(criterion="random", seed=1).importance_fields()
     assert key["seed"] == 1 and "unit_ratio" not in key
-    assert "seed" not in importance_fields(cfg_(criterion="taylor"), None)
+    assert "seed" not in cfg_(criterion="taylor").importance_fields()
     with pytest.raises(ValueError, match="needs unknown"):
         criteria.WidthCriterion("bad", lambda ctx: None, needs=frozenset({"hessian"}))
 
 
 def test_a_registered_criterion_prunes_and_keys_its_own_fields():
-    from harness.pruning import criteria
-    from harness.pruning.api import importance_fields
+    from harness.pruning.importance import registry as criteria
 
     def by_index(ctx):  # keeps the first units: scores rise with the index
         for (i, kind), (n, _) in ctx.slots().items():
             getattr(ctx.out, kind)[i] = torch.arange(n, dtype=torch.float64)
 
-    criteria.register(criteria.WidthCriterion("by_index", by_index, key_fields=("align",)))
+    criteria.register_width(criteria.WidthCriterion("by_index", by_index, key_fields=("align",)))
     try:
         model = tiny_model("llama", gqa=False)
         plan = prune_width(model, cfg_(criterion="by_index", unit_ratio=0.5), IDS)
         assert plan["layers"][1]["kept_q_heads"] == [2, 3]
         assert plan["layers"][1]["kept_mlp_channels"] == list(range(64, 128))
-        assert importance_fields(cfg_(criterion="by_index", align=8), None)["align"] == 8
+        assert cfg_(criterion="by_index", align=8).importance_fields()["align"] == 8
         with pytest.raises(ValueError, match="registered twice"):
-            criteria.register(criteria.WidthCriterion("by_index", by_index))
+            criteria.register_width(criteria.WidthCriterion("by_index", by_index))
     finally:
-        del criteria.WIDTH_CRITERIA["by_index"]
+        criteria.WIDTH_CRITERIA._entries.pop("by_index")

@@ -13,10 +13,9 @@ from transformers import AutoModelForCausalLM
 
 from harness.models.shapes import shape_config
 from harness.models.tiny import tiny_config
-from harness.pruning import criteria
+from harness.pruning.importance.width import score_groups
 from harness.pruning.ratio import Geometry, solve_counts
 from harness.pruning.width import WidthPruneConfig, apply_width
-from harness.pruning.width_scores import score_groups
 
 IDS = torch.randint(3, 256, (4, 16), generator=torch.Generator().manual_seed(0))
 
@@ -164,15 +163,15 @@ def test_gqa_fold_and_mlp_criterion_key_only_where_they_apply():
     """Both fields are in the run and importance keys of criteria they change, not of others."""
     taylor, flap, loss = cfg_(), cfg_(criterion="flap"), cfg_(criterion="loss")
     assert taylor.key_fields()["gqa_fold"] == "aligned"
-    assert criteria.cache_fields(cfg_(gqa_fold="llm_pruner"))["gqa_fold"] == "llm_pruner"
+    assert cfg_(gqa_fold="llm_pruner").importance_fields()["gqa_fold"] == "llm_pruner"
     assert "gqa_fold" not in flap.key_fields() and "gqa_fold" not in loss.key_fields()
     assert "mlp_criterion" not in flap.key_fields()
-    assert criteria.cache_fields(cfg_(criterion="loss", mlp_criterion="l2"))["mlp_criterion"] == "l2"
+    assert cfg_(criterion="loss", mlp_criterion="l2").importance_fields()["mlp_criterion"] == "l2"
     assert set(taylor.key_fields()) < set(asdict(taylor))
 
 
 def test_fidelity_agreement_counts_units_both_keep_or_both_remove():
-    from harness.sweeps.fidelity import width_agreement
+    from harness.reporting.fidelity import width_agreement
 
     fixture = {"dense": {"kv_heads": 3},
                "layers": {"4": {"kept_kv_heads": [0, 1], "kept_q_heads": [0, 1, 2, 3, 4, 5],

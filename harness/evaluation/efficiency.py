@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from harness.evaluation.registry import Evaluation, register
 from harness.models.adapters import adapter_for
 from harness.models.params import count_params
 
@@ -121,3 +122,14 @@ def efficiency_metrics(model: nn.Module, seq_len: int = 128) -> dict[str, float]
         "efficiency/kv_bytes_per_token": kv_cache_bytes(model, 1),
         "efficiency/num_layers": len(attention_modules(model)),
     }
+
+
+def _metrics(label: str, fields: dict, result: dict) -> dict:
+    return {**result, "params/total": result["efficiency/params_total"],
+            "params/nonembedding": result["efficiency/params_nonembedding"]}
+
+
+register(Evaluation(
+    "efficiency", keys=lambda spec: {"efficiency": {"seq_len": spec.eval.seq_len}},
+    run=lambda ctx, label, fields: efficiency_metrics(ctx.model(), fields["seq_len"]),
+    metrics=_metrics, real_weights=False))

@@ -19,6 +19,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from harness.data.text import source_identity, token_ids
+from harness.evaluation.registry import EvalContext, Evaluation, register
+from harness.models.adapters import adapter_for
+
 BOOT_SAMPLES, BOOT_SEED = 1000, 0
 
 
@@ -82,3 +86,30 @@ def bootstrap(window_nll: torch.Tensor, predicted_per_window: int) -> dict[str, 
     ppl = torch.exp(window_nll[picks].mean(1) / predicted_per_window)
     lo, hi = torch.quantile(ppl, torch.tensor([0.025, 0.975], dtype=ppl.dtype)).tolist()
     return {"boot_std": ppl.std().item(), "boot_lo": lo, "boot_hi": hi}
+
+
+def bos_id(model, tokenizer) -> int | None:
+    """The BOS token to put before every window, for families trained with one."""
+    return tokenizer.bos_token_id if adapter_for(model).needs_bos else None
+
+
+def _run(ctx: EvalContext, label: str, fields: dict) -> dict:
+    source = label.removeprefix("ppl/")
+    ids = token_ids(source, ctx.tokenizer())
+    model = ctx.model()
+    return perplexity(model, ids, fields["seq_len"], ctx.spec.eval.batch_size, desc=source,
+                      bos_id=bos_id(model, ctx.tokenizer()))
+
+
+def _metrics(label: str, fields: dict, result: dict) -> dict:
+    out = {label: result["ppl"], f"{label}/tokens": result["tokens"]}
+    for name in ("boot_std", "boot_lo", "boot_hi"):  # absent from older cache entries
+        if name in result:
+            out[f"{label}/{name}"] = result[name]
+    return out
+
+
+register(Evaluation(
+    "ppl", keys=lambda spec: {f"ppl/{s}": {"source": source_identity(s), "seq_len": spec.eval.seq_len}
+                              for s in spec.eval.ppl_sources},
+    run=_run, metrics=_metrics))

@@ -24,6 +24,8 @@ On CPU everything runs (rows say `device="cpu"`); peak memory is then None.
 from __future__ import annotations
 
 import gc
+import os
+import platform
 import statistics
 import time
 
@@ -32,6 +34,8 @@ from transformers import GenerationConfig, StaticCache
 
 from harness.evaluation.config import SpeedConfig
 from harness.evaluation.efficiency import decode_weight_bytes, kv_cache_bytes
+from harness.evaluation.registry import Evaluation, register
+from harness.io import write_json_atomic
 from harness.models import cache_kwarg
 from harness.models.params import count_params
 
@@ -253,3 +257,23 @@ def speed_metrics(rows: list[dict]) -> dict:
             if r.get(k) is not None:
                 out[f"{prefix}/{k}"] = r[k]
     return out
+
+
+def device_name() -> str:
+    """The hardware speed figures belong to (part of their cache key)."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"cpu-{platform.machine()}-{os.cpu_count()}cores"
+
+
+def _keys(spec) -> dict:
+    speed = spec.eval.speed
+    return {"speed": {"speed": speed.key_fields(), "device": device_name()}} if speed.enabled else {}
+
+
+register(Evaluation(
+    "speed", keys=_keys,
+    run=lambda ctx, label, fields: benchmark_speed(ctx.model(), ctx.spec.eval.speed),
+    metrics=lambda label, fields, rows: {**speed_metrics(rows), "speed/device": fields["device"]},
+    files=lambda ctx, rows: write_json_atomic(ctx.run_dir / "speed.json", rows),
+    real_weights=False))

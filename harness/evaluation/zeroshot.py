@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 
 from harness.evaluation.config import CONVENTIONS, MEAN_TASKS, ZeroShotConfig
+from harness.evaluation.registry import Evaluation, register
 from harness.evaluation.tasks import lm_eval_name, task_manager
 from harness.models.adapters import adapter_for
 
@@ -118,6 +119,18 @@ def evaluate_zeroshot(model, tokenizer, cfg: ZeroShotConfig | None = None) -> di
     table = ", ".join(f"{t}={metrics[f'zeroshot/{t}']:.1f}" for t in cfg.tasks)
     log.info("zero-shot (%s, limit=%s): %s", cfg.convention, cfg.limit, table)
     return metrics
+
+
+def _keys(spec) -> dict:
+    zeroshot = spec.eval.zeroshot
+    return {"zeroshot": {"zeroshot": zeroshot.key_fields()}} if zeroshot.enabled else {}
+
+
+register(Evaluation(
+    "zeroshot", keys=_keys,
+    run=lambda ctx, label, fields: evaluate_zeroshot(ctx.model(), ctx.tokenizer(),
+                                                     ctx.spec.eval.zeroshot),
+    metrics=lambda label, fields, result: result))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from harness.io import atomic_dir
 from harness.keys import Keyed
 from harness.models.adapters import adapter_for, check_supported
 from harness.models.hub import is_hub_id
 from harness.models.hub import resolve as resolve_hub
 from harness.models.shapes import SHAPES, shape_config
-from harness.tracking.io import atomic_dir
 
 EMBEDDED = ("smollm2_135m", "gemma3_270m")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

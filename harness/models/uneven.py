@@ -26,6 +26,32 @@ from transformers.initialization import no_init_weights
 from harness.models.adapters import adapter_for
 
 KEY = "harness_layer_shapes"
+SKIP_KEYS = {"attn": "harness_skip_attn", "mlp": "harness_skip_mlp"}  # depth-removed sublayers
+
+
+def renumber_cache_indices(model) -> None:
+    """Give the remaining attention modules contiguous `layer_idx` (their KV-cache slots)."""
+    slot, adapter = 0, adapter_for(model)
+    for layer in adapter.layers(model):
+        if not adapter.has(layer, "attn"):
+            continue
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = slot
+        slot += 1
+
+
+def apply_sublayer_skips(model):
+    """Make the modules match `config.harness_skip_attn/mlp` (idempotent), renumber KV slots:
+    a removed sublayer becomes the adapter's parameter-free zero stand-in."""
+    adapter = adapter_for(model)
+    layers = adapter.layers(model)
+    for unit, key in SKIP_KEYS.items():
+        for i in getattr(model.config, key, None) or []:
+            if adapter.has(layers[i], unit):
+                adapter.remove_sublayer(layers[i], unit)
+    renumber_cache_indices(model)
+    return model
 
 
 def layer_shape(layer, config, adapter) -> dict:
@@ -39,7 +65,7 @@ def layer_shape(layer, config, adapter) -> dict:
 def _config_shape(config) -> dict:
     """The shape entry of a layer built from this config (on the meta device, no weights)."""
     cfg = copy.deepcopy(config)
-    for key in (KEY, "harness_skip_attn", "harness_skip_mlp"):
+    for key in (KEY, *SKIP_KEYS.values()):
         if hasattr(cfg, key):
             delattr(cfg, key)
     with torch.device("meta"):
@@ -104,9 +130,7 @@ def build_skeleton(
     adapter = adapter_for(model)
     for layer, s in zip(adapter.layers(model), shapes or [], strict=False):
         adapter.resize(layer, s)
-    if any(getattr(config, k, None) for k in ("harness_skip_attn", "harness_skip_mlp")):
-        from harness.pruning.blocks import apply_sublayer_skips  # depth-pruned sublayers
-
+    if any(getattr(config, k, None) for k in SKIP_KEYS.values()):
         apply_sublayer_skips(model)
     return model
 

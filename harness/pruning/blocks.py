@@ -9,8 +9,7 @@ A removed sublayer is stood in for by a parameter-free module that adds zero to 
 sandwich-norm families its post-norm, which maps zero to zero) replaced by `nn.Identity`; the
 adapter says which norms those are. The removed indices live in `config.harness_skip_attn` /
 `config.harness_skip_mlp`. A stock HF class cannot rebuild that, so such checkpoints load
-through `load_depth_pruned` (a skeleton from `build_skeleton_from_config`, then a strict
-state-dict load). Block removal needs nothing of this: the result is a stock model with fewer
+through `harness.models.uneven.load_uneven` (the skeleton, then a strict state-dict load). Block removal needs nothing of this: the result is a stock model with fewer
 layers (and per-layer config lists such as `layer_types` cut to match).
 """
 
@@ -18,32 +17,18 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from harness.models.adapters import adapter_for
-from harness.models.adapters.base import SkippedAttention, SkippedMLP  # noqa: F401 - re-exported
+from harness.models.uneven import SKIP_KEYS, apply_sublayer_skips, renumber_cache_indices
 
 UNITS = ("block", "attn", "mlp")
-SKIP_KEYS = {"attn": "harness_skip_attn", "mlp": "harness_skip_mlp"}  # config keys, per unit
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return adapter_for(model).layers(model)
-
-
-def renumber_cache_indices(model: nn.Module) -> None:
-    """Give the remaining attention modules contiguous `layer_idx` (their KV-cache slots)."""
-    slot, adapter = 0, adapter_for(model)
-    for layer in adapter.layers(model):
-        if not adapter.has(layer, "attn"):
-            continue
-        for module in layer.modules():
-            if hasattr(module, "layer_idx"):
-                module.layer_idx = slot
-        slot += 1
 
 
 def _cut_layers(model: nn.Module, keep: list[int]) -> None:
@@ -109,59 +94,6 @@ def remove_sublayers(model, indices, unit: str) -> nn.Module:
     key = SKIP_KEYS[unit]
     setattr(model.config, key, sorted(set(getattr(model.config, key, None) or []) | set(indices)))
     return apply_sublayer_skips(model)
-
-
-def apply_sublayer_skips(model) -> nn.Module:
-    """Make the modules match `config.harness_skip_attn/mlp` (idempotent), renumber KV slots."""
-    adapter = adapter_for(model)
-    layers = adapter.layers(model)
-    for unit, key in SKIP_KEYS.items():
-        for i in getattr(model.config, key, None) or []:
-            if adapter.has(layers[i], unit):
-                adapter.remove_sublayer(layers[i], unit)
-    renumber_cache_indices(model)
-    return model
-
-
-def build_skeleton_from_config(config, dtype: torch.dtype | None = None) -> nn.Module:
-    """An uninitialised model for `config` with its skipped sublayers already removed, so a
-    sublayer-pruned checkpoint loads into it with no missing or unexpected keys."""
-    from transformers import AutoModelForCausalLM
-    from transformers.initialization import no_init_weights
-
-    with no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.tie_weights()  # no_init_weights also skips the tying that init_weights does
-    return apply_sublayer_skips(model)
-
-
-def load_depth_pruned(
-    path, dtype: torch.dtype | None = None, attn_implementation: str | None = None
-):
-    """Load a checkpoint saved after `remove_sublayers` (plain ones load too), strictly.
-
-    Every tensor in the safetensors files must fill a parameter and every parameter must be
-    filled (tied ones through their partner). `dtype=None` means torch's default dtype."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, GenerationConfig
-
-    path = Path(path)
-    config = AutoConfig.from_pretrained(path)
-    if attn_implementation is not None:
-        config._attn_implementation = attn_implementation
-    model = build_skeleton_from_config(config, dtype=dtype)
-    state = {}
-    for file in sorted(path.glob("*.safetensors")):
-        state.update(load_file(file))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    shared = {id(p) for n, p in model.named_parameters(remove_duplicate=False) if n in state}
-    params = dict(model.named_parameters(remove_duplicate=False))
-    missing = [k for k in missing if not (k in params and id(params[k]) in shared)]
-    if missing or unexpected:
-        raise RuntimeError(f"{path}: missing keys {missing}, unexpected keys {unexpected}")
-    if (path / "generation_config.json").exists():
-        model.generation_config = GenerationConfig.from_pretrained(path)
-    return model.eval()
 
 
 @dataclass

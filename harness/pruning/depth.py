@@ -9,7 +9,7 @@ Checkpoints: removing blocks gives a stock HF model (fewer layers, renumbered KV
 `num_hidden_layers`/`layer_types` updated) that `AutoModelForCausalLM.from_pretrained` loads
 as is. Removing sublayers cannot be said in a stock config: the indices are recorded as
 `config.harness_skip_attn` / `config.harness_skip_mlp` and such a checkpoint must be loaded
-with `load_depth_pruned(dir)` (skeleton from `build_skeleton_from_config`, strict load).
+with `harness.models.uneven.load_uneven(dir)` (the skeleton, then a strict load).
 """
 
 from __future__ import annotations
@@ -28,17 +28,16 @@ import torch
 from harness.keys import Keyed
 from harness.models.adapters import adapter_for
 from harness.models.params import count_params
-from harness.pruning.blocks import (  # noqa: F401 - removal and loading re-exported here
-    SKIP_KEYS,
-    UNITS,
-    apply_sublayer_skips,
-    build_skeleton_from_config,
-    decoder_layers,
-    load_depth_pruned,
-    remove_blocks,
-    remove_sublayers,
+from harness.models.uneven import SKIP_KEYS, apply_sublayer_skips, build_skeleton
+from harness.pruning.blocks import UNITS, decoder_layers, remove_blocks, remove_sublayers
+from harness.pruning.importance.depth import candidates
+from harness.pruning.importance.registry import (
+    DEPTH_CRITERIA,
+    DEPTH_KEY_FIELDS,
+    DepthContext,
+    DepthCriterion,
 )
-from harness.pruning.depth_scores import BLOCK_ONLY, CRITERIA, candidates, score
+from harness.pruning.methods import PruneMethod, register
 
 
 @dataclass
@@ -66,10 +65,26 @@ class DepthPruneConfig(Keyed):
     seed: int = 0
 
     def key_fields(self) -> dict:
-        """The seed matters to the random criterion only."""
+        """A field some criterion declares (the seed) counts only for the criteria declaring it."""
         out = super().key_fields()
-        if self.criterion != "random":
-            del out["seed"]
+        own = self._criterion().key_fields if self.criterion in DEPTH_CRITERIA else ()
+        for name in {n for c in DEPTH_CRITERIA for n in c.key_fields} - set(own):
+            out.pop(name, None)
+        return out
+
+    def _criterion(self) -> DepthCriterion:
+        return DEPTH_CRITERIA.get(self.criterion)
+
+    def importance_fields(self, hf_config) -> dict | None:
+        """What the criterion's scores depend on (never the size, except a window criterion's
+        window); None when nothing is scored or the scores cannot be reused (iterative,
+        explicit blocks)."""
+        if self.iterative or self.blocks is not None or self.num_to_remove(hf_config) == 0:
+            return None
+        crit = self._criterion()
+        out = {"method": "depth", **{k: getattr(self, k) for k in DEPTH_KEY_FIELDS + crit.key_fields}}
+        if crit.window:
+            out["num_remove"] = self.num_to_remove(hf_config)
         return out
 
     def max_removable(self, hf_config) -> int:
@@ -94,22 +109,21 @@ class DepthPruneConfig(Keyed):
         lo, hi = self.protect_first, layers - self.protect_last
         span = f"{layers} layers, protect_first={lo}, protect_last={self.protect_last}"
         types = set(getattr(hf_config, "layer_types", None) or [])
+        crit = self._criterion()
         checks = [
             (
-                self.criterion not in CRITERIA,
-                f"unknown depth criterion {self.criterion!r}; choose from {', '.join(CRITERIA)}",
-            ),
-            (
                 self.unit not in UNITS,
-                f"unknown depth unit {self.unit!r}; choose from {', '.join(UNITS)}",
+                f"prune.unit={self.unit!r} is unknown; choose from {', '.join(UNITS)}",
             ),
             (
-                self.criterion in BLOCK_ONLY and self.unit != "block",
-                f"criterion {self.criterion!r} supports unit 'block' only, got {self.unit!r}",
+                self.unit not in crit.units,
+                f"criterion {self.criterion!r} supports prune.unit {', '.join(crit.units)} only, "
+                f"got {self.unit!r}",
             ),
             (
-                self.criterion == "angular" and self.iterative,
-                "criterion 'angular' removes one contiguous window; iterative is not supported",
+                crit.window and self.iterative,
+                f"criterion {self.criterion!r} removes one contiguous window; "
+                "prune.iterative is not supported",
             ),
             (
                 len(chosen) != 1,
@@ -162,7 +176,7 @@ def _param_counts(hf_config) -> dict[str, int]:
             if hasattr(dense, k):
                 delattr(dense, k)
         with torch.device("meta"):
-            model = build_skeleton_from_config(dense)
+            model = build_skeleton(dense)
         adapter = adapter_for(model)
         layer = adapter.layers(model)[0]
         counts = {unit: sum(p.numel() for m in adapter.unit_modules(layer, unit)
@@ -186,22 +200,26 @@ def total_params(hf_config) -> int:
 def score_blocks(model, cfg: DepthPruneConfig, calib: torch.Tensor, num_remove: int | None = None):
     """{block index: importance} for every candidate of the model as it is now.
 
-    Angular scores depend on the window size: `num_remove`, by default derived from `cfg`."""
+    A window criterion's (angular) scores depend on the window size: `num_remove`, by default derived from `cfg`."""
     n = num_remove if num_remove is not None else cfg.num_to_remove(model.config)
     cands = candidates(model, cfg.unit, cfg.protect_first, cfg.protect_last)
-    return score(model, cfg.criterion, calib, cands, cfg.unit, n=max(n, 1), seed=cfg.seed)
+    crit = cfg._criterion()
+    if cfg.unit not in crit.units:
+        raise ValueError(f"criterion {crit.name!r} supports unit {', '.join(crit.units)} only, "
+                         f"got {cfg.unit!r}")
+    return crit.scorer(DepthContext(model, calib, cands, cfg.unit, max(n, 1), cfg))
 
 
 def select_blocks(
     scores: dict[int, float], n: int, cfg: DepthPruneConfig, num_layers: int
 ) -> list[int]:
-    """The `n` least important unprotected blocks (ties: lower index). Angular: the window
+    """The `n` least important unprotected blocks (ties: lower index). A window criterion: the window
     start with the smallest distance (its scores must have been computed for this `n`)."""
     if n == 0:
         return []
     hi = num_layers - cfg.protect_last
     pool = {i: s for i, s in scores.items() if cfg.protect_first <= i < hi}
-    if cfg.criterion == "angular":
+    if cfg._criterion().window:
         starts = [i for i in pool if i + n <= hi]
         if not starts:
             raise ValueError(f"no window of {n} unprotected blocks to remove")
@@ -293,3 +311,12 @@ def save_plan(plan: dict, model_dir) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return out
+
+
+def _plan_metrics(plan: dict) -> dict:
+    return {"prune/num_removed": plan["num_removed"], "prune/removed": str(plan["removed"])}
+
+
+register(PruneMethod("depth", DepthPruneConfig, score=score_blocks,
+                     apply=lambda model, cfg, calib, scores: prune_depth(model, cfg, calib, scores),
+                     plan_metrics=_plan_metrics))

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 from harness.models.adapters import adapter_for
 from harness.models.adapters.base import LayerShape
 from harness.models.params import count_params
-from harness.pruning import criteria
+from harness.pruning.importance import registry as criteria
 
 TOL = 0.01  # reach the requested total-param fraction within 1% of total params
 

@@ -8,7 +8,7 @@
 once and pass the result as `scores=` for several ratios (on fresh copies of the model).
 
 Scope `global` ranks attention units across pruned layers and MLP channels across pruned layers
-(counts from the same unit ratio); with a joint-selection criterion (`flap`, see criteria.py)
+(counts from the same unit ratio); with a joint-selection criterion (`flap`, see importance/registry.py)
 it is FLAP's joint search over per-layer
 standardised scores of both kinds, stopped where removed params best match the target.
 """
@@ -26,9 +26,11 @@ from harness.models.adapters import adapter_for
 from harness.models.adapters.base import head_rows
 from harness.models.params import count_params
 from harness.models.uneven import record_layer_shapes
-from harness.pruning import criteria
 from harness.pruning import ratio as R
-from harness.pruning.width_scores import REDUCTIONS, WidthScores, score_groups
+from harness.pruning.importance import registry as criteria
+from harness.pruning.importance.registry import WIDTH_CRITERIA, WIDTH_KEY_FIELDS
+from harness.pruning.importance.width import REDUCTIONS, WidthScores, score_groups
+from harness.pruning.methods import PruneMethod, register
 
 ATTN_UNITS = ("q_head", "kv_group")
 SCOPES = ("uniform", "global")
@@ -73,19 +75,33 @@ class WidthPruneConfig(Keyed):
     mlp_criterion: str | None = None
 
     def key_fields(self) -> dict:
-        """The seed matters to the random criterion only, the bias compensation to FLAP only,
-        the GQA fold to LLM-Pruner's criteria only, mlp_criterion to criteria that allow it."""
+        """Fields that matter to some criteria only count for them: a criterion's own
+        key_fields (random's seed) when it or the MLP criterion declares them, the bias
+        compensation for criteria that fold biases (FLAP), the GQA fold for LLM-Pruner's
+        criteria, mlp_criterion for criteria that allow another MLP criterion."""
         out = super().key_fields()
-        known = self.criterion in criteria.names()
-        crit = criteria.get(self.criterion) if known else None
-        if self.criterion != "random":
-            del out["seed"]
-        if self.criterion != "flap":
-            del out["flap_bias_compensation"]
-        if crit is None or not crit.gqa_foldable:
+        if self.criterion not in WIDTH_CRITERIA:
+            return out
+        crit, used = WIDTH_CRITERIA.get(self.criterion), criteria.width_criteria_used(self)
+        own = {n for c in used for n in c.key_fields}
+        for name in {n for c in WIDTH_CRITERIA for n in c.key_fields} - own:
+            out.pop(name, None)
+        if not crit.compensates_bias:
+            out.pop("flap_bias_compensation", None)
+        if not crit.gqa_foldable:
             del out["gqa_fold"]
-        if crit is None or crit.joint_selection or crit.compensates_bias:
+        if crit.joint_selection or crit.compensates_bias:
             del out["mlp_criterion"]
+        return out
+
+    def importance_fields(self, hf_config=None) -> dict:
+        """What the scores depend on (never the size): the common fields, every used
+        criterion's own, and the GQA fold and MLP criterion where they apply."""
+        keyed = self.key_fields()
+        fields = WIDTH_KEY_FIELDS + tuple(
+            n for c in criteria.width_criteria_used(self) for n in c.key_fields)
+        out = {"method": "width", **{k: getattr(self, k) for k in fields}}
+        out.update({k: keyed[k] for k in ("gqa_fold", "mlp_criterion") if k in keyed})
         return out
 
     def validate(self, hf_config) -> None:
@@ -96,12 +112,12 @@ class WidthPruneConfig(Keyed):
 
     def _check_choices(self) -> None:
         for key, choices in (
-            ("criterion", criteria.names()), ("reduction", REDUCTIONS),
+            ("criterion", WIDTH_CRITERIA.names()), ("reduction", REDUCTIONS),
             ("attn_unit", ATTN_UNITS), ("scope", SCOPES), ("gqa_fold", GQA_FOLDS),
         ):  # fmt: skip
             if getattr(self, key) not in choices:
                 raise ValueError(
-                    f"width.{key}={getattr(self, key)!r} is unknown; choose from {', '.join(choices)}"
+                    f"prune.{key}={getattr(self, key)!r} is unknown; choose from {', '.join(choices)}"
                 )
         if (self.ratio is None) == (self.unit_ratio is None):
             got = [k for k in self.SIZE_FIELDS if getattr(self, k) is not None]
@@ -112,16 +128,16 @@ class WidthPruneConfig(Keyed):
         for key in ("ratio", "unit_ratio"):
             v = getattr(self, key)
             if v is not None and not 0 <= v < 1:
-                raise ValueError(f"width.{key}={v} must be in [0, 1)")
+                raise ValueError(f"prune.{key}={v} must be in [0, 1)")
         if not isinstance(self.align, int) or self.align < 1:
             raise ValueError(
-                f"width.align={self.align!r} must be a positive integer (1, 8, 64, 128)"
+                f"prune.align={self.align!r} must be a positive integer (1, 8, 64, 128)"
             )
         if not (self.prune_attn or self.prune_mlp):
             raise ValueError("width pruning needs prune_attn or prune_mlp (both are false)")
-        crit = criteria.get(self.criterion)
+        crit = WIDTH_CRITERIA.get(self.criterion)
         if self.gqa_fold != "aligned" and not crit.gqa_foldable:
-            foldable = [n for n in criteria.names() if criteria.get(n).gqa_foldable]
+            foldable = [c.name for c in WIDTH_CRITERIA if c.gqa_foldable]
             raise ValueError(f"prune.gqa_fold={self.gqa_fold} applies to LLM-Pruner's criteria "
                              f"({', '.join(foldable)}), not {self.criterion}")
         if self.mlp_criterion is not None:
@@ -138,7 +154,7 @@ class WidthPruneConfig(Keyed):
             raise ValueError("prune.gqa_fold=llm_pruner needs prune.attn_unit=kv_group on a GQA "
                              "model (LLM-Pruner removes whole KV groups)")
         if self.prune_mlp and geo.inter % self.align:
-            raise ValueError(f"width.align={self.align} does not divide the MLP size {geo.inter}")
+            raise ValueError(f"prune.align={self.align} does not divide the MLP size {geo.inter}")
         R.solve_counts(geo, self, len(layers))
         return layers
 
@@ -158,7 +174,7 @@ def select_kept(
     if cfg.scope == "uniform":
         n_attn = dict.fromkeys(layers, counts.attn_removed // p)
         n_drop = dict.fromkeys(layers, geo.inter - counts.mlp_kept // p)
-    elif criteria.get(cfg.criterion).joint_selection:
+    elif WIDTH_CRITERIA.get(cfg.criterion).joint_selection:
         # the first removal of a kind in a layer adds a compensation bias when the layer has none
         comp = criteria.compensates(cfg)
         a_bias, m_bias = (
@@ -299,3 +315,8 @@ def _units_left(geo: R.Geometry, kept: dict) -> int:
     if geo.unit == "kv_group":
         return len(kept["kept_kv_heads"])
     return len(kept["kept_q_heads"]) // geo.n_kv
+
+
+register(PruneMethod("width", WidthPruneConfig, score=score_groups,
+                     apply=lambda model, cfg, calib, scores: prune_width(model, cfg, calib, scores),
+                     plan_metrics=lambda plan: {"prune/unit_ratio": plan["unit_ratio"]}))

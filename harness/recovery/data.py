@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from harness.data.text import token_ids
+
 IGNORE = -100
 ALPACA = {
     "prompt_input": (
@@ -112,11 +114,13 @@ def load_records(path: str | Path) -> list:
 def load_examples(
     source: str, seq_len: int, train_ids=None, tokenizer=None, max_tokens: int | None = None
 ) -> Examples:
-    """Examples for `source`: 'wiki_train' packs `train_ids` (the first `max_tokens` of them);
-    a path is read and tokenized."""
+    """Examples for `source`: 'wiki_train' packs `train_ids` (by default its tokens, read with
+    `tokenizer`; the first `max_tokens` of them); a path is read and tokenized."""
     if source == "wiki_train":
         if train_ids is None:
-            raise ValueError("recover.data=wiki_train needs the train_ids token tensor")
+            if tokenizer is None:
+                raise ValueError("recover.data=wiki_train needs train_ids or a tokenizer")
+            train_ids = token_ids(source, tokenizer)
         if max_tokens is not None:
             train_ids = budget_slice(train_ids, max_tokens)
         return pack(train_ids, seq_len)

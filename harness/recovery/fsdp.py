@@ -71,3 +71,16 @@ def gather_plain(sharded: nn.Module, skeleton: nn.Module) -> nn.Module:
     set_model_state_dict(skeleton, full, options=StateDictOptions(
         full_state_dict=True, broadcast_from_rank0=True))
     return skeleton
+
+
+def start_config(model_cfg, recover_cfg):
+    """The model config every rank loads the start model with: unchanged without FSDP; under
+    FSDP into CPU memory in the precision it trains in (FSDP moves each rank's shard over)."""
+    if recover_cfg.fsdp == "none":
+        return model_cfg
+    from dataclasses import replace
+
+    from harness.models.loader import resolve_device, resolve_dtype
+
+    dtype = resolve_dtype(model_cfg.dtype, resolve_device(model_cfg.device))
+    return replace(model_cfg, device="cpu", dtype=str(dtype).removeprefix("torch."))

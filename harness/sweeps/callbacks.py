@@ -13,7 +13,7 @@ class PrintResults(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from harness.distributed import is_main
-        from harness.sweeps.console import print_experiment, print_rows
+        from harness.reporting.console import print_experiment, print_rows
 
         if not is_main():  # a sweep under torchrun: rank 0 reports
             return
@@ -25,7 +25,7 @@ class PrintResults(Callback):
             view = print_rows(config.results_dir, sweep_dir, f"{experiment}, this sweep")
         files = []
         if experiment != "default":
-            from harness.sweeps.report import write_report
+            from harness.reporting.report import write_report
 
             files = write_report(config.results_dir, only=experiment)
             print(f"\nwrote {len(files)} report files to {config.results_dir} "
@@ -36,7 +36,7 @@ class PrintResults(Callback):
 def log_sweep_table(config: DictConfig, experiment: str, sweep_dir, view, files) -> None:
     """One W&B run in the sweep's group: the sweep's table and the experiment's whole results
     (every column) as W&B Tables, and the report's figures."""
-    from harness.sweeps.console import rows_under
+    from harness.reporting.console import rows_under
     from harness.tracking.results import by_experiment, read_table
     from harness.tracking.wandb_logger import LoggerConfig, WandbRun, sweep_group
 

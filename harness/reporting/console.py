@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.sweeps.report import metric_columns
-from harness.sweeps.seeds import IDENTITY_PREFIXES
+from harness.reporting.report import metric_columns
+from harness.reporting.seeds import IDENTITY_PREFIXES
 from harness.tracking.results import read_table
 
 NAMING = ["prune.name", "prune.criterion", "prune.unit", "prune.ratio", "prune.num_blocks",

@@ -35,7 +35,7 @@ def caption(part: pd.DataFrame, experiment: str) -> str:
     budget = recovery_budget(part)
     if budget is not None:
         bits.append(f"recovery budget {budget} training tokens per method")
-    from harness.sweeps.seeds import seeds_note
+    from harness.reporting.seeds import seeds_note
 
     seeds = seeds_note(part)
     if seeds:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.sweeps.captions import caption, regenerate_commands
-from harness.sweeps.seeds import has_repeats, mean_std, seed_groups
-from harness.tracking.io import write_text_atomic
+from harness.io import write_text_atomic
+from harness.reporting.captions import caption, regenerate_commands
+from harness.reporting.seeds import has_repeats, mean_std, seed_groups
 from harness.tracking.results import by_experiment, read_table
 
 PROTOCOL_SEED = 1234  # DataConfig's default: the calibration every other table uses
@@ -172,7 +172,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
                  only: str | None = None) -> list[Path]:
     """Write tables and figures of every experiment in the results table (or `only` one);
     returns the files."""
-    from harness.sweeps.figures import experiment_figures, vector_files
+    from harness.reporting.figures import experiment_figures, vector_files
 
     table = read_table(results_dir)
     out = Path(out_dir or results_dir)
@@ -200,7 +200,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
 
 def _write_matched_size(table: pd.DataFrame, out: Path) -> list[Path]:
     """`matched_size.{md,csv}` and its PPL-vs-size figures (dense at 0 when the table has it)."""
-    from harness.sweeps.figures import ppl_vs_fraction, vector_files
+    from harness.reporting.figures import ppl_vs_fraction, vector_files
 
     matched = matched_size_table(table)
     if matched is None:
@@ -254,8 +254,8 @@ def log_to_wandb(results_dir: str | Path, figures: list[Path]) -> None:
 def rekey(results_dir: str | Path) -> dict:
     """Rewrite results.csv with every row's run key and identity columns recomputed (after a
     change to which fields determine results), merging rows that now share a key."""
+    from harness.reporting.rows import rekey_table
     from harness.tracking.results import rewrite_table
-    from harness.tracking.rows import rekey_table
 
     counts = {}
 

@@ -7,13 +7,32 @@ loss = kd_alpha * KD + (1 - kd_alpha) * LM. The teacher is frozen and runs in ev
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from harness.recovery.data import IGNORE
-from harness.recovery.trainer import RecoveryTrainer, train_phase
+from harness.recovery.methods.cpt import CptConfig, run_cpt
+from harness.recovery.registry import Phase, PhaseContext, RecoveryMethod, register
+from harness.recovery.trainer import RecoveryTrainer
+
+
+@dataclass
+class KdConfig(CptConfig):
+    DETERMINING = ("kd_temperature", "kd_alpha")
+
+    name: str = "kd"
+    kd_temperature: float = 1.0
+    kd_alpha: float = 1.0  # loss = kd_alpha * KD + (1 - kd_alpha) * LM
+
+    def checks(self):
+        return [
+            *super().checks(),
+            (self.kd_temperature > 0,
+             f"recover.kd_temperature must be > 0, got {self.kd_temperature}"),
+            (0 <= self.kd_alpha <= 1, f"recover.kd_alpha must be in [0, 1], got {self.kd_alpha}"),
+        ]
 
 
 def distill_loss(
@@ -53,28 +72,16 @@ class KDTrainer(RecoveryTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def run_kd(
-    model, cfg, dataset, out_dir: str | Path, max_steps: int, teacher=None, **phase_kwargs
-) -> tuple[object, dict]:
-    """Distil `teacher` into every parameter of `model`; return (model in eval mode, metrics)."""
-    if teacher is None:
-        raise ValueError("recover.name=kd needs the dense teacher model")
-    vocab_s, vocab_t = model.config.vocab_size, teacher.config.vocab_size
+def run_kd(model, ctx: PhaseContext):
+    """Distil `ctx.teacher` into every parameter of `model`; return (model in eval mode, metrics)."""
+    if ctx.teacher is None:
+        raise ValueError("recover=kd needs the dense teacher model")
+    vocab_s, vocab_t = model.config.vocab_size, ctx.teacher.config.vocab_size
     if vocab_s != vocab_t:
         raise ValueError(f"KD needs one vocabulary: student has {vocab_s}, teacher {vocab_t}")
-    model.requires_grad_(True)
-    model, metrics = train_phase(
-        model,
-        dataset,
-        out_dir,
-        cfg,
-        lr=cfg.lr,
-        max_steps=max_steps,
-        trainer_cls=KDTrainer,
-        teacher=teacher,
-        temperature=cfg.kd_temperature,
-        alpha=cfg.kd_alpha,
-        **phase_kwargs,
-    )
-    metrics["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return model.eval(), metrics
+    return run_cpt(model, ctx, trainer_cls=KDTrainer, teacher=ctx.teacher,
+                   temperature=ctx.cfg.kd_temperature, alpha=ctx.cfg.kd_alpha)
+
+
+register(RecoveryMethod("kd", KdConfig, (Phase("kd", run_kd),),
+                        needs=frozenset({"training_data", "teacher"})))

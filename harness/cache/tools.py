@@ -24,8 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from harness.sweeps.cache import CORRUPT, ENTRY, StageCache
-from harness.tracking.io import read_json
+from harness.cache.store import CORRUPT, ENTRY, StageCache
+from harness.io import read_json
 from harness.tracking.results import TABLE, read_table
 
 NOT_STAGES = ("runs", "work", CORRUPT)

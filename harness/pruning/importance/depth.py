@@ -10,7 +10,7 @@ over all calibration tokens.
   blocks i+1..L-1 and each block is loaded once; `ppl_scores_naive` runs the whole model once
   per candidate. Both give the same numbers.
 
-ppl, block_influence and angular run block by block (harness.pruning.sequential): one block on
+ppl, block_influence and angular run block by block (harness.pruning.importance.sequential): one block on
 the compute device at a time plus the hidden states they keep, so a model larger than the
 device can be scored from CPU memory.
 - taylor: sum over the block's weights of |w * dL/dw| (one backward over the whole
@@ -44,11 +44,9 @@ from harness.pruning.blocks import (
     skip_blocks,
     skip_sublayer,
 )
-from harness.pruning.grads import streamed_grads
-from harness.pruning.sequential import compute_device, head_on, walk
-
-CRITERIA = ("ppl", "taylor", "magnitude", "block_influence", "angular", "last", "random")
-BLOCK_ONLY = ("angular",)  # criteria that cannot score a single sublayer
+from harness.pruning.importance.grads import streamed_grads
+from harness.pruning.importance.registry import DepthCriterion, register_depth
+from harness.pruning.importance.sequential import compute_device, head_on, walk
 
 
 def lm_loss(model: nn.Module, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -167,7 +165,7 @@ def _mean_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def block_influence_scores(model, ids, cands, unit: str = "block",
                            device=None) -> dict[int, float]:
     """1 - mean cosine between what enters and what leaves the block (or sublayer), block by
-    block (harness.pruning.sequential)."""
+    block (harness.pruning.importance.sequential)."""
     adapter, wanted, mids, scores = adapter_for(model), set(cands), {}, {}
 
     def capture_mid(i, layer):
@@ -210,19 +208,18 @@ def random_scores(cands, seed: int) -> dict[int, float]:
     return {i: float(v) for i, v in zip(cands, values, strict=True)}
 
 
-def score(model, criterion: str, ids, cands, unit: str = "block", n: int = 1, seed: int = 0):
-    """Dispatch to one criterion; `n` is used by angular only, `seed` by random only."""
-    if criterion in BLOCK_ONLY and unit != "block":
-        raise ValueError(f"criterion {criterion!r} supports unit 'block' only, got {unit!r}")
-    scorers = {
-        "ppl": lambda: ppl_scores(model, ids, cands, unit),
-        "taylor": lambda: taylor_scores(model, ids, cands, unit),
-        "magnitude": lambda: magnitude_scores(model, cands, unit),
-        "block_influence": lambda: block_influence_scores(model, ids, cands, unit),
-        "angular": lambda: angular_scores(model, ids, cands, n),
-        "last": lambda: {i: float(-i) for i in cands},
-        "random": lambda: random_scores(cands, seed),
-    }
-    if criterion not in scorers:
-        raise ValueError(f"unknown criterion {criterion!r}; choose from {', '.join(CRITERIA)}")
-    return scorers[criterion]()
+for _crit in (
+    DepthCriterion("ppl", lambda c: ppl_scores(c.model, c.calib, c.candidates, c.unit),
+                   needs=frozenset({"losses"})),
+    DepthCriterion("taylor", lambda c: taylor_scores(c.model, c.calib, c.candidates, c.unit),
+                   needs=frozenset({"gradients"})),
+    DepthCriterion("magnitude", lambda c: magnitude_scores(c.model, c.candidates, c.unit)),
+    DepthCriterion("block_influence", needs=frozenset({"activations"}),
+                   scorer=lambda c: block_influence_scores(c.model, c.calib, c.candidates, c.unit)),
+    DepthCriterion("angular", lambda c: angular_scores(c.model, c.calib, c.candidates, c.n),
+                   needs=frozenset({"activations"}), units=("block",), window=True),
+    DepthCriterion("last", lambda c: {i: float(-i) for i in c.candidates}),
+    DepthCriterion("random", lambda c: random_scores(c.candidates, c.cfg.seed),
+                   key_fields=("seed",)),
+):
+    register_depth(_crit)

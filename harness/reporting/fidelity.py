@@ -1,4 +1,4 @@
-"""`python -m harness.sweeps.fidelity --write`: results/fidelity.md, peer code vs this harness.
+"""`python -m harness.reporting.fidelity --write`: results/fidelity.md, peer code vs this harness.
 
 Peers (LLM-Pruner's llama3.py, shortened-llm) were run on the offline protocol's own inputs
 outside this repository; their kept sets, parameters and PPL are the fixtures in
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.tracking.io import write_text_atomic
+from harness.io import write_text_atomic
 from harness.tracking.results import read_table
 
 SHAPE = "KV groups + MLP channels of layers 4..27 (llama3.py's shape)"
@@ -203,7 +203,7 @@ def render(width: list[dict], depth: list[dict], hits: dict | None = None,
         "Regenerate: "
         "`harness experiment=llm_pruner_shape`, `harness experiment=llm_pruner_shape "
         "prune.criterion=loss prune.gqa_fold=aligned`, `harness experiment=depth_criteria`, then "
-        "`python -m harness.sweeps.fidelity --write` (the width rows here were run with "
+        "`python -m harness.reporting.fidelity --write` (the width rows here were run with "
         "`'eval.ppl_sources=[wiki_test]'`, for CPU time).\n\n"
         f"Width, {SHAPE}:\n\n{w.to_markdown(index=False) if len(w) else '(no rows)'}\n\n"
         f"Depth, whole blocks (protect first 4, last 2):\n\n"

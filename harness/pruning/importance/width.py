@@ -23,7 +23,7 @@ F = mean over samples of per-sample g_i^2, i.e. LLM-Pruner's `acc_grad`, batch o
   (width_loss.py); its MLP channels are scored by `mlp_criterion` (default taylor).
 `gqa_fold=llm_pruner` scores KV groups with LLM-Pruner's fold (see `_per_unit`).
 Activation statistics come from the dense model (one pass, block by block: one block on the
-compute device at a time, see harness.pruning.sequential), so scores are computed once.
+compute device at a time, see harness.pruning.importance.sequential), so scores are computed once.
 """
 
 from __future__ import annotations
@@ -34,12 +34,11 @@ import torch
 
 from harness.models.adapters import adapter_for
 from harness.models.adapters.base import Member
-from harness.pruning import criteria
-from harness.pruning.criteria import WidthCriterion, register
-from harness.pruning.grads import streamed_grads
+from harness.pruning.importance.grads import streamed_grads
+from harness.pruning.importance.registry import WidthCriterion, register_width, width_criteria_used
+from harness.pruning.importance.sequential import compute_device, walk
+from harness.pruning.importance.width_loss import measured_loss_scores
 from harness.pruning.ratio import effective_unit, resolve_layers
-from harness.pruning.sequential import compute_device, walk
-from harness.pruning.width_loss import measured_loss_scores
 
 REDUCTIONS = ("sum", "mean", "max", "prod")
 
@@ -144,7 +143,6 @@ class ScoringContext:
 
 def score_groups(model, cfg, calib_ids: torch.Tensor | None = None) -> WidthScores:
     """Importance of every attention unit and MLP channel in the layers `cfg` prunes."""
-    crit = criteria.get(cfg.criterion)
     adapter = adapter_for(model)
     layers_all = adapter.layers(model)
     layers = resolve_layers(cfg.layer_start, cfg.layer_end, len(layers_all))
@@ -153,9 +151,9 @@ def score_groups(model, cfg, calib_ids: torch.Tensor | None = None) -> WidthScor
     kinds = [k for k, on in (("attn", cfg.prune_attn), ("mlp", cfg.prune_mlp)) if on]
     out = WidthScores(cfg.criterion, cfg.reduction, unit, layers)
     # MLP channels may be scored by another criterion (prune.mlp_criterion; taylor for `loss`)
-    mlp_crit = criteria.get(criteria.mlp_criterion(cfg))
-    jobs = [(crit, kinds)] if mlp_crit is crit else [
-        (c, [k]) for c, k in ((crit, "attn"), (mlp_crit, "mlp")) if k in kinds]
+    used = width_criteria_used(cfg)
+    jobs = [(used[0], kinds)] if len(used) == 1 else [
+        (c, [k]) for c, k in zip(used, ("attn", "mlp"), strict=True) if k in kinds]
     if any(c.needs_calibration for c, _ in jobs):
         if calib_ids is None or calib_ids.dim() != 2:
             names = "/".join(c.name for c, _ in jobs)
@@ -221,7 +219,7 @@ def _grad_member_scores(model, slots, passes, ids, calib_info) -> dict:
 def _input_statistics(ctx: ScoringContext, device=None):
     """Yield ((layer, kind), (tokens, sum x, sum x^2, output projection)) for every scored
     layer: statistics, in float64 over all calibration tokens, of the inputs of the attention's
-    and the MLP's output projections. Block by block (harness.pruning.sequential); each layer's
+    and the MLP's output projections. Block by block (harness.pruning.importance.sequential); each layer's
     pair is yielded while its block is on the compute device, then dropped."""
     adapter = adapter_for(ctx.model)
     scored, stats = set(ctx.layers), {}
@@ -331,4 +329,4 @@ for _crit in (
     WidthCriterion("loss", measured_loss_scores, needs=frozenset({"losses"}),
                    scores_mlp=False),
 ):
-    register(_crit)
+    register_width(_crit)

@@ -19,7 +19,6 @@ written. A stage whose result holds NaN or inf raises `NonFiniteResult` and is n
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -31,7 +30,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.tracking.io import atomic_dir, read_json, sha256_file, write_json_atomic
+from harness.io import atomic_dir, read_json, sha256_file, write_json_atomic
+from harness.keys import config_key
 
 log = logging.getLogger(__name__)
 FORMAT = 2  # entry.json["format"]; entries without it predate manifests
@@ -41,12 +41,6 @@ _HASHED: set[str] = set()  # entry dirs whose sha256 this process has checked
 
 class NonFiniteResult(RuntimeError):
     """A stage produced NaN or inf; nothing was cached. The message names the stage."""
-
-
-def config_key(obj) -> str:
-    """Stable 16-hex-digit hash of a JSON-able config (dict key order does not matter)."""
-    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def non_finite(obj, prefix: str = "") -> str | None:

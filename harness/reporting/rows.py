@@ -16,22 +16,24 @@ import time
 
 import pandas as pd
 
-from harness.config import PRUNE_SCHEMAS, EvalConfig, RunSpec
+from harness.config import RunSpec
 from harness.data.config import DataConfig
-from harness.evaluation.config import TASKS
-from harness.keys import from_columns
+from harness.evaluation.config import TASKS, EvalConfig
+from harness.identity import run_identity
+from harness.keys import config_key, from_columns
 from harness.models.loader import EMBEDDED, ModelConfig
 from harness.models.shapes import SHAPES
-from harness.recovery.config import RecoverConfig
+from harness.pruning.methods import PRUNE_METHODS
+from harness.recovery.registry import METHODS
 from harness.tracking.results import merge_labels
-from harness.tracking.wandb_logger import LoggerConfig, flatten
+from harness.tracking.wandb_logger import flatten
 
 IDENTITY_PREFIXES = ("model.", "data.", "prune.", "recover.", "eval.")
 
 
 def result_row(spec: RunSpec, identity: dict, key: str, metrics: dict, run_dir) -> dict:
     """run key, experiment, model label, the run's identity (flat), metrics, run dir, time."""
-    row = {"run_key": key, "experiment": spec.raw.get("experiment", "default"),
+    row = {"run_key": key, "experiment": spec.experiment,
            "model": spec.model.path or spec.model.name, **flatten(identity)}
     row.update(metrics)
     row.update({"run_dir": str(run_dir), "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
@@ -68,13 +70,13 @@ def spec_from_row(row: dict) -> tuple[RunSpec, dict]:
     if not _present(row, "model.weights"):
         row = {**row, **_legacy_columns(row)}
     prune_name = row["prune.name"] if _present(row, "prune.name") else "none"
+    recover_name = row["recover.name"] if _present(row, "recover.name") else "none"
     spec = RunSpec(
         model=from_columns(ModelConfig, row, "model."),
         data=from_columns(DataConfig, row, "data."),
-        prune=from_columns(PRUNE_SCHEMAS[prune_name], row, "prune."),
-        recover=from_columns(RecoverConfig, row, "recover."),
+        prune=from_columns(PRUNE_METHODS.get(prune_name).config, row, "prune."),
+        recover=from_columns(METHODS.get(recover_name).config, row, "recover.", name=recover_name),
         eval=from_columns(EvalConfig, row, "eval."),
-        logger=LoggerConfig(), raw=None,
     )
     recorded = {"weights": row.get("model.weights") if _present(row, "model.weights") else None,
                 "device": row.get("eval.speed.device") if _present(row, "eval.speed.device")
@@ -86,8 +88,6 @@ def rekey_table(table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """Every row with its run key and identity columns recomputed under the current schema;
     rows that now share a key (they differed only in fields that do not determine results) are
     merged into the newest one, keeping all their experiment labels. Returns (table, counts)."""
-    from harness.pipeline import run_identity
-    from harness.sweeps.cache import config_key
 
     rows, changed = [], 0
     for row in table.to_dict("records"):

@@ -6,7 +6,7 @@ SmolLM2 layer's attention): on SmolLM2 they pick the truly cheapest group in 8 o
 chance level (results/fidelity.md). Measuring the loss is exact for one removal at a time.
 
 Cost is kept down the way the depth `ppl` criterion does it (depth_scores.ppl_scores): one
-block-by-block pass (harness.pruning.sequential); at a pruned layer i, each unit starts its own
+block-by-block pass (harness.pruning.importance.sequential); at a pruned layer i, each unit starts its own
 residual stream from the dense input of block i, with the unit's query heads zeroed at the
 input of the attention's output projection (exactly what removing them, and for a KV group its
 key/value rows too, does to the output), and every stream goes through the later blocks as they
@@ -22,8 +22,8 @@ from contextlib import contextmanager
 import torch
 
 from harness.models.adapters import adapter_for
-from harness.pruning.depth_scores import lm_loss
-from harness.pruning.sequential import compute_device, head_on, walk
+from harness.pruning.importance.depth import lm_loss
+from harness.pruning.importance.sequential import compute_device, head_on, walk
 
 
 def unit_heads(n_q: int, n_kv: int, unit: str) -> list[list[int]]:

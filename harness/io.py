@@ -1,5 +1,5 @@
 """Small atomic-write helpers: a file or directory is either absent (or the old one) or complete,
-never half-written; and the sha256 of a file."""
+never half-written; and the sha256 of a file or a directory's files (what content keys hold)."""
 
 from __future__ import annotations
 
@@ -57,3 +57,21 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+_digests: dict[tuple, str] = {}  # (path, device, inode, size, mtime_ns) -> sha256, per process
+
+
+def content_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes, or of a directory's files (relative path and sha256 of each,
+    sorted), memoised for this process while the file's inode, size and mtime stay the same."""
+    path = Path(path)
+    if path.is_dir():
+        parts = [f"{f.relative_to(path).as_posix()}:{content_digest(f)}"
+                 for f in sorted(path.rglob("*")) if f.is_file()]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    st = path.stat()
+    key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _digests:
+        _digests[key] = sha256_file(path)
+    return _digests[key]
