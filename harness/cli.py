@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import hydra
-import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
@@ -31,7 +30,7 @@ from harness.config import apply_size_overrides, register_configs, validate
 from harness.hydra_errors import close_matches, one_line
 from harness.io import write_json_atomic, write_text_atomic
 from harness.registry import load_plugins
-from harness.tracking.results import upsert_row
+from harness.tracking.results import has_row, upsert_row
 from harness.tracking.wandb_logger import (
     LoggerConfig,
     WandbRun,
@@ -45,16 +44,10 @@ from harness.validation import InputError, check_disk, first_line, model_stage_b
 log = logging.getLogger("harness")
 
 
-def log_training_curve(tracker: WandbRun, csv_path: Path) -> None:
-    """The recovery loss curve (step, loss, lr, tokens_seen) as W&B history."""
-    if csv_path.exists():
-        for row in pd.read_csv(csv_path).to_dict("records"):
-            tracker.log({f"train/{k}": v for k, v in row.items()})
-
-
-def open_tracker(cfg: DictConfig, spec, key: str, run_dir: Path, main: bool) -> WandbRun:
-    """The run's W&B run (rank 0 only): grouped by experiment and sweep, typed by its last
-    stage, tagged with method, criterion and recovery."""
+def open_tracker(cfg: DictConfig, spec, key: str, run_dir: Path, main: bool,
+                 skip: bool = False) -> WandbRun:
+    """The run's W&B run (rank 0 only; none when `skip`): its id is the run key, grouped by
+    experiment and sweep, typed by its last stage, tagged with method, criterion and recovery."""
     hc = HydraConfig.get()
     sweep_dir = hc.sweep.dir if hc.mode.name == "MULTIRUN" else None
     group = sweep_group(cfg.get("experiment"), sweep_dir)
@@ -62,7 +55,7 @@ def open_tracker(cfg: DictConfig, spec, key: str, run_dir: Path, main: bool) -> 
     return WandbRun(spec.logger if main else LoggerConfig(name="none"),
                     flatten(OmegaConf.to_container(cfg, resolve=True)), group=group,
                     name=f"{'-'.join(tags)}-{key[:8]}", run_dir=str(run_dir),
-                    job_type=job_type(spec), tags=tags)
+                    job_type=job_type(spec), tags=tags, run_id=key, skip=skip)
 
 
 def fail(message, code: int = 2):
@@ -122,7 +115,9 @@ def run_experiment(cfg: DictConfig) -> dict:
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     identity = run_identity(spec)
     key = config_key(identity)
-    tracker = open_tracker(cfg, spec, key, run_dir, main)
+    # a finished config re-run computes nothing and changes no number: no second W&B run
+    done = main and has_row(spec.results_dir, key) and run.fully_cached()
+    tracker = open_tracker(cfg, spec, key, run_dir, main, skip=done)
     run.report_to = "wandb" if tracker.active else "none"  # the Trainer logs into this run
     try:
         metrics = run.execute()
@@ -147,7 +142,7 @@ def run_experiment(cfg: DictConfig) -> dict:
     row = result_row(spec, identity, key, metrics, run_dir)
     upsert_row(spec.results_dir, row)
     if not run.trained:  # the recovered model came from the cache: post its recorded curve
-        log_training_curve(tracker, run_dir / "train_log.csv")
+        tracker.replay_curve(run_dir / "train_log.csv")
     tracker.log(metrics)
     plan = run.pruned_dir / "prune_plan.json" if run.pruned_dir else None
     tracker.log_run_artifacts(key, row, run_dir, run.model_dir, plan)

@@ -35,7 +35,8 @@ class Run:
         self.spec, self.run_dir, self.callbacks = spec, Path(run_dir), list(callbacks)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.cache = cache or StageCache(spec.cache_dir or cache_root() / "stages")
-        self.keys = identity.stage_keys(spec)
+        self.keys = identity.stage_keys(spec)  # {stage label: key}
+        self.stage_dir = {label: evaluation.name for evaluation, label, _ in measurements(spec)}
         self.times: dict[str, float] = {}
         self._tokenizer = None
         self.report_to = "none"  # "wandb" when the run's W&B run is open: the Trainer reports live
@@ -47,6 +48,11 @@ class Run:
         """The model-writing stages ("pruned", "recovered") this run would compute."""
         return [s for s in ("pruned", "recovered")
                 if s in self.keys and not self.cache.has(s, config_key(self.keys[s]))]
+
+    def fully_cached(self) -> bool:
+        """Every stage of this run has a cache entry: executing it computes nothing."""
+        return all(self.cache.has(self.stage_dir.get(label, label), config_key(key))
+                   for label, key in self.keys.items() if label != "importance")
 
     # ---- the run ------------------------------------------------------------------------
     def execute(self) -> dict:

@@ -31,7 +31,7 @@ def test_wheel_installs_and_runs_from_another_directory(tiny_dir, text_file, tmp
                     ignore=shutil.ignore_patterns("__pycache__"))
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
           "-w", tmp_path / "dist", src])
-    wheel = next((tmp_path / "dist").glob("harness-*.whl"))
+    wheel = next((tmp_path / "dist").glob("width_vs_depth-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "harness/conf/config.yaml" in names and "harness/conf/experiment/quick.yaml" in names
 

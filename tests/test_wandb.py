@@ -55,3 +55,32 @@ def test_offline_runs_have_live_loss_group_tags_artifacts_and_sweep_table(offlin
     assert table[0].split()[:6] == ["prune.name", "prune.criterion", "prune.unit",
                                     "prune.num_blocks", "recover.name", "recover.tokens"]
     assert table[1].split()[:6] == ["depth", "magnitude", "block", "1", "lora", "2048"]
+
+
+def test_a_cached_rerun_opens_no_second_run_and_replays_under_live_names(offline_sweep, tmp_path):
+    """The W&B run's id is the run key; the same config again computes nothing and opens no
+    W&B run; a new row built on the cached recovery replays its curve under the names the
+    Trainer used live."""
+    from harness.tracking.wandb_logger import REPLAY_NAMES
+
+    sweep, res = offline_sweep
+    live = read_run(sweep / "0")
+    key = __import__("pandas").read_csv(tmp_path / "results" / "results.csv")["run_key"][0]
+    assert live["run"].run_id == key
+    cmd = [a for a in res.args if not a.startswith("hydra.sweep.dir=")]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
+    again = subprocess.run([*cmd, f"hydra.sweep.dir={tmp_path / 'again'}"], capture_output=True,
+                           text=True, timeout=600, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert not list((tmp_path / "again" / "0").glob("wandb/*-run-*"))  # skipped: nothing new
+    other = [a if not a.startswith("eval.seq_len=") else "eval.seq_len=16" for a in cmd]
+    replay = subprocess.run([*other, f"hydra.sweep.dir={tmp_path / 'replay'}"],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    replayed = read_run(tmp_path / "replay" / "0")
+    assert replayed["run"].run_id != key  # another row, another W&B run
+    names = lambda run: {k for h in run["history"] for k in h if k.startswith("train/")}  # noqa: E731
+    assert {REPLAY_NAMES[c] for c in ("step", "loss", "lr", "tokens_seen")} <= names(live)
+    assert names(replayed) - {"train/phase"} <= names(live)
+    assert [h["train/global_step"] for h in replayed["history"] if "train/loss" in h] == \
+        list(range(1, 17))

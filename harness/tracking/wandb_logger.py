@@ -9,6 +9,11 @@ recover) and the tags name the method, criterion and recovery. At the end each r
 results row, prune plan and resolved config as artifacts, and its model directory as a
 reference (`file://`, no upload unless `logger.upload_model=true`). W&B's console output
 (banner, history sparklines, summary) is silent unless `logger.console=true`.
+
+One W&B run per results row: its id is the row's run key, so re-running a finished config
+opens nothing (the caller skips it) and a run that recomputes a stage resumes the same W&B run
+(`resume="allow"`). A training curve replayed from a cached recovery (train_log.csv) is logged
+under the Trainer's own names, the ones a live run has (`REPLAY_NAMES`).
 """
 
 from __future__ import annotations
@@ -67,14 +72,21 @@ def job_type(spec) -> str:
     return "prune" if spec.prune.name != "none" else "eval"
 
 
+# train_log.csv column -> the name HF's WandbCallback gives the same value in a live run
+REPLAY_NAMES = {"step": "train/global_step", "loss": "train/loss", "lr": "train/learning_rate",
+                "tokens_seen": "train/num_input_tokens_seen", "phase": "train/phase"}
+
+
 class WandbRun:
-    """Thin guarded wrapper around a wandb run (a no-op when disabled or when wandb fails)."""
+    """Thin guarded wrapper around a wandb run (a no-op when disabled, skipped, or when wandb
+    fails). `run_id`: the results row's run key."""
 
     def __init__(self, cfg: LoggerConfig, config: dict, group: str, name: str, run_dir: str,
-                 job_type: str | None = None, tags: list[str] | tuple = ()):
+                 job_type: str | None = None, tags: list[str] | tuple = (),
+                 run_id: str | None = None, skip: bool = False):
         self.run, self.cfg = None, cfg
         mode = os.environ.get("WANDB_MODE", cfg.mode)
-        if cfg.name == "none" or mode == "disabled":
+        if cfg.name == "none" or mode == "disabled" or skip:
             return
         try:
             import wandb
@@ -85,6 +97,7 @@ class WandbRun:
                 project=cfg.project, entity=cfg.entity, mode=mode, config=config,
                 group=cfg.group or group, name=name, dir=run_dir, job_type=job_type,
                 tags=list(tags), settings=settings, reinit="finish_previous",
+                id=run_id, resume="allow" if run_id else None,
             )
         except Exception as e:  # noqa: BLE001 - tracking must never kill a run
             log.warning("W&B disabled for this run: %s", e)
@@ -95,6 +108,15 @@ class WandbRun:
 
     def log(self, metrics: dict) -> None:
         self._guard(lambda: self.run.log(metrics))
+
+    def replay_curve(self, csv_path: Path) -> None:
+        """A cached recovery's loss curve (train_log.csv) under the live run's metric names."""
+        if self.run is None or not Path(csv_path).exists():
+            return
+        import pandas as pd
+
+        for row in pd.read_csv(csv_path).to_dict("records"):
+            self.log({REPLAY_NAMES.get(k, f"train/{k}"): v for k, v in row.items()})
 
     def log_table(self, key: str, dataframe) -> None:
         def _do():
