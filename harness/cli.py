@@ -26,8 +26,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness import CONF_DIR, distributed
 from harness.cache.store import NonFiniteResult, non_finite
-from harness.config import apply_size_overrides, register_configs, validate
-from harness.hydra_errors import close_matches, one_line
+from harness.config import check_job, register_configs
+from harness.hydra_errors import one_line
 from harness.io import write_json_atomic, write_text_atomic
 from harness.registry import load_plugins
 from harness.tracking.results import has_row, upsert_row
@@ -39,7 +39,7 @@ from harness.tracking.wandb_logger import (
     run_tags,
     sweep_group,
 )
-from harness.validation import InputError, check_disk, first_line, model_stage_bytes
+from harness.validation import check_disk, first_line, model_stage_bytes
 
 log = logging.getLogger("harness")
 
@@ -75,21 +75,13 @@ def disk_full(error: BaseException) -> bool:
     return False
 
 
-def check_experiment(choices) -> None:
-    """`experiment` is an optional group, so Hydra silently skips a misspelt one."""
-    name = choices.get("experiment")
-    options = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
-    if name and name not in options:
-        raise InputError(f"experiment={name} is not an experiment: {close_matches(name, options)}")
-
-
 def prepare(cfg: DictConfig, run_dir: Path):
     """The validated spec and its Run, or one error line and exit code 2 with nothing written."""
     from harness.pipeline import Run
 
     try:
-        check_experiment(HydraConfig.get().runtime.choices)
-        spec = validate(apply_size_overrides(cfg, HydraConfig.get().overrides.task))
+        hc = HydraConfig.get()
+        spec = check_job(cfg, hc.runtime.choices, hc.overrides.task)
         run = Run(spec, run_dir)
         needs = model_stage_bytes(spec, spec.dense_params)
         check_disk(run.cache.root, {s: needs[s] for s in run.uncached_model_stages()})
@@ -180,6 +172,12 @@ def main(argv: list[str] | None = None) -> None:
         if user_wants_trace:
             raise
         fail(one_line(e, [a for a in argv if "=" in a]))
+    except KeyboardInterrupt:
+        if user_wants_trace:
+            raise
+        fail("interrupted: finished stages stay in the stage cache and rows already written stay"
+             " in results.csv; run the same command again to resume (training continues from its"
+             " last complete checkpoint)", code=130)
     finally:
         if not user_wants_trace:
             os.environ.pop("HYDRA_FULL_ERROR", None)

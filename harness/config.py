@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from harness import CONF_DIR
 from harness.data.config import DataConfig
 from harness.distributed import launch_time
 from harness.evaluation.config import EvalConfig
@@ -110,6 +111,26 @@ def unknown_keys(obj, prefix: str = "") -> list[tuple[str, list[str]]]:
     for name in known:
         out += unknown_keys(getattr(obj, name), f"{prefix}{name}.")
     return out
+
+
+def check_experiment(choices) -> None:
+    """`experiment` is an optional group, so Hydra silently skips a misspelt one."""
+    name = choices.get("experiment")
+    options = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+    if name and name not in options:
+        raise InputError(f"experiment={name} is not an experiment: {close_matches(name, options)}")
+
+
+def check_job(cfg: DictConfig, choices, overrides, where: str | None = None) -> RunSpec:
+    """The validated spec of one composed job (Hydra's group choices and task overrides as
+    well); `where` names a sweep cell in the error line."""
+    try:
+        check_experiment(choices)
+        return validate(apply_size_overrides(cfg, overrides))
+    except ValueError as e:
+        if where is None:
+            raise
+        raise InputError(f"{where}: {e}") from None
 
 
 def validate(cfg: DictConfig) -> RunSpec:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from harness import identity
@@ -17,7 +18,7 @@ from harness.assets import cache_root
 from harness.cache.store import StageCache, link_tree
 from harness.config import RunSpec
 from harness.data.text import calibration_ids
-from harness.distributed import on_main
+from harness.distributed import is_main, on_main
 from harness.evaluation.perplexity import bos_id, with_bos
 from harness.evaluation.registry import EvalContext, measurements
 from harness.keys import config_key
@@ -95,8 +96,14 @@ class Run:
         return pruning.load_scores(path)
 
     def _recovered(self, start_dir: Path | None) -> tuple[Path, dict]:
-        """Train on every rank (unless an intact entry exists); rank 0 alone publishes it."""
+        """Train on every rank (unless an intact entry exists); rank 0 alone publishes it.
+        Rank 0 holds the key's cache lock throughout, so an identical run elsewhere waits for
+        this one's entry instead of training into the same work dir."""
         key = config_key(self.keys["recovered"])
+        with self.cache.lock("recovered", key) if is_main() else nullcontext():
+            return self._train_and_publish(key, start_dir)
+
+    def _train_and_publish(self, key: str, start_dir: Path | None) -> tuple[Path, dict]:
         # Training state lives in a stable work dir (not the entry's temp dir), so a killed run
         # resumes from its last complete checkpoint; it is deleted once the entry is complete.
         work = self.cache.root / "work" / key

@@ -107,3 +107,38 @@ def test_cache_removes_a_killed_runs_temporary_entry_but_not_a_live_ones(tmp_pat
     assert (path / "f").read_text() == "x"
     assert not orphan.exists() and live.exists() and elsewhere.exists()
     assert sorted(p.name for p in stage.iterdir() if not p.name.startswith(".")) == [path.name]
+
+
+def test_two_identical_sweeps_at_once_share_the_work_and_both_succeed(tiny_dir, text_file,
+                                                                      tmp_path):
+    """Launched together on one cache, identical CPT/LoRA sweeps compute each stage once (one
+    process waits on the key's lock, then reads the entry): both exit 0, one row per config,
+    and each published train_log.csv is one clean curve with the row's first loss.
+    HARNESS_REPEAT=5 runs the pair five times in a row."""
+    cmd = _sweep_cmd(tiny_dir, text_file, tmp_path, "prune.num_blocks=1", "recover=cpt,lora",
+                     "recover.tokens=2048", "recover.seq_len=32", "recover.batch_size=4",
+                     f"recover.data={text_file}", "recover.disable_tqdm=true")
+    for round_ in range(int(os.environ.get("HARNESS_REPEAT", "1"))):
+        procs = [subprocess.Popen([*cmd, f"hydra.sweep.dir={tmp_path / f's{round_}-{i}'}"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(2)]
+        for p in procs:
+            _, err = p.communicate(timeout=600)
+            assert p.returncode == 0, err[-3000:]
+        table = pd.read_csv(tmp_path / "results" / "results.csv")
+        assert len(table) == 2 and table["run_key"].is_unique
+        for entry in _entries(tmp_path, "recovered"):
+            log = pd.read_csv(entry / "train_log.csv")
+            assert log["step"].tolist() == list(range(1, 17))  # 2048 / (32 x 4), never interleaved
+            meta = json.loads((entry / "entry.json").read_text())["meta"]["metrics"]
+            assert meta["recover/first_loss"] == log["loss"].iloc[0]
+        assert len(_entries(tmp_path, "recovered")) == 2
+        assert not list((tmp_path / "cache" / "work").glob("*"))  # no half-trained leftovers
+        from harness.cache.tools import verify
+
+        assert verify(tmp_path / "cache") == 0
+        if round_ + 1 < int(os.environ.get("HARNESS_REPEAT", "1")):
+            import shutil
+
+            shutil.rmtree(tmp_path / "cache")
+            (tmp_path / "results" / "results.csv").unlink()

@@ -4,13 +4,16 @@ An entry is a directory `<root>/<stage>/<key>/` holding the stage's files, `entr
 config it was keyed on, its own metadata, the entries it was built from, how long it took) and,
 written last, `manifest.json` (size and sha256 of every other file). Entries are built in a
 temporary sibling directory and renamed into place, so a killed run never leaves a half-written
-entry that a later run could read. Two processes racing on one key both compute; the first rename
-wins and the second discards its copy. A temporary directory is named after its host and process,
-so the leftovers of a killed run (a whole model copy) are removed by the next run on that host.
+entry that a later run could read. One process computes a key at a time: it holds the key's
+lock (`<root>/locks/<stage>-<key>`, flock) while it computes; another process asking for the
+same key waits (saying so in one line), then reads the finished entry. A temporary directory is
+named after its host and process, so the leftovers of a killed run (a whole model copy) are
+removed by the next run on that host.
 
 Reading an entry verifies it against its manifest: file sizes on every read, sha256 on the first
-read in each process. A bad entry (a file changed, truncated, missing or added, or a non-finite
-number in its metadata) is reported in one line, moved aside to `<root>/.corrupt/` and recomputed;
+read in each process. A bad entry (a file changed, truncated, missing or added, a non-finite
+number in its metadata, or a file where its directory should be) is reported in one line, moved
+aside to `<root>/.corrupt/` and recomputed;
 `harness cache gc` removes what was moved aside. An entry written before manifests existed
 (`entry.json` without `format`) is adopted once: its JSON files must parse, its safetensors
 headers must cover their files exactly and its numbers must be finite; then its manifest is
@@ -19,6 +22,7 @@ written. A stage whose result holds NaN or inf raises `NonFiniteResult` and is n
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -27,7 +31,8 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from harness.io import atomic_dir, read_json, sha256_file, write_json_atomic
@@ -35,7 +40,8 @@ from harness.keys import config_key
 
 log = logging.getLogger(__name__)
 FORMAT = 2  # entry.json["format"]; entries without it predate manifests
-ENTRY, MANIFEST, CORRUPT = "entry.json", "manifest.json", ".corrupt"
+ENTRY, MANIFEST, CORRUPT, LOCKS = "entry.json", "manifest.json", ".corrupt", "locks"
+RESERVED = ("runs", "work", LOCKS, CORRUPT)  # directories of the cache root that hold no stage
 _HASHED: set[str] = set()  # entry dirs whose sha256 this process has checked
 
 
@@ -122,6 +128,7 @@ class StageCache:
         self.computed: list[str] = []  # "<stage>/<key>" of each entry computed by this process
         self.used: list[str] = []  # every entry read or computed, in order, once each
         self._building: list[list[str]] = []  # entries read while computing each open entry
+        self._held: set[str] = set()  # locks this process holds (re-entering one is a no-op)
 
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
@@ -141,9 +148,34 @@ class StageCache:
         key = config_key(keyed_on)
         final = self.path(stage, key)
         if not self.intact(stage, key):
-            self._compute(stage, key, keyed_on, compute)
+            with self.lock(stage, key):
+                if not self.intact(stage, key):  # another process may have finished it
+                    self._compute(stage, key, keyed_on, compute)
         self._note_use(f"{stage}/{key}")
         return final, self.meta(stage, key)
+
+    @contextmanager
+    def lock(self, stage: str, key: str) -> Iterator[None]:
+        """Hold the key's lock for the block: one process at a time computes a key. Waiting
+        for another process says so in one line; a dead holder's lock frees itself (flock)."""
+        name = f"{stage}-{key}"
+        if name in self._held:
+            yield
+            return
+        path = self.root / LOCKS / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.warning("cache: another process is computing %s/%s; waiting for it", stage, key)
+                fcntl.flock(f, fcntl.LOCK_EX)
+            self._held.add(name)
+            try:
+                yield
+            finally:
+                self._held.discard(name)
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def json_stage(self, stage: str, keyed_on: dict, compute: Callable[[], dict]) -> dict:
         """Cached JSON result: `compute()` returns the result dict itself."""
@@ -160,6 +192,8 @@ class StageCache:
         this process, or with `rehash`); a bad one is moved aside."""
         final = self.path(stage, key)
         if not final.is_dir():
+            if final.exists() or final.is_symlink():  # something else stands where it belongs
+                quarantine(self.root, final, "not a directory")
             return False
         if (final / MANIFEST).exists() or _format(final) == FORMAT:
             problem = check_entry(final, hashes=rehash or str(final) not in _HASHED)

@@ -24,17 +24,15 @@ import sys
 import time
 from pathlib import Path
 
-from harness.cache.store import CORRUPT, ENTRY, StageCache
+from harness.cache.store import CORRUPT, ENTRY, RESERVED, StageCache
 from harness.io import read_json
 from harness.tracking.results import TABLE, read_table
-
-NOT_STAGES = ("runs", "work", CORRUPT)
 
 
 def entries(root: Path) -> list[str]:
     """'<stage>/<key>' of every entry directory in the cache (temporary ones excluded)."""
     return sorted(f"{stage.name}/{entry.name}" for stage in root.iterdir()
-                  if stage.is_dir() and stage.name not in NOT_STAGES
+                  if stage.is_dir() and stage.name not in RESERVED
                   for entry in stage.iterdir() if entry.is_dir() and not entry.name.startswith("."))
 
 
