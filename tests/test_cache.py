@@ -87,7 +87,8 @@ def test_non_finite_result_is_never_cached(tmp_path):
     with pytest.raises(NonFiniteResult, match="recover/final_loss"):
         cache.get_or_compute("recovered", {"a": 1},
                              lambda tmp: {"metrics": {"recover/final_loss": math.inf}})
-    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no entry, no temp dir left
+    left = [p for p in tmp_path.rglob("*") if p.is_file() and p.parent.name != "locks"]
+    assert not left  # no entry, no temp dir left (the keys' lock files stay, empty)
 
 
 def _legacy_entry(root, stage, keyed_on, meta, files=None):

@@ -27,13 +27,15 @@ def test_wheel_installs_and_runs_from_another_directory(tiny_dir, text_file, tmp
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    shutil.copytree(ROOT / "harness", src / "harness",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("harness", "hydra_plugins"):
+        shutil.copytree(ROOT / package, src / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
           "-w", tmp_path / "dist", src])
     wheel = next((tmp_path / "dist").glob("width_vs_depth-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "harness/conf/config.yaml" in names and "harness/conf/experiment/quick.yaml" in names
+    assert "hydra_plugins/harness_sweeper/sweeper.py" in names
 
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", venv])
