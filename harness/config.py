@@ -11,6 +11,7 @@ little text but loads no model.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
@@ -113,6 +114,16 @@ def unknown_keys(obj, prefix: str = "") -> list[tuple[str, list[str]]]:
     return out
 
 
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def check_name(name: str, key: str) -> None:
+    """A name that becomes part of file names (experiment): no path separators, no `..`."""
+    if not NAME.match(str(name)) or ".." in str(name):
+        raise InputError(f"{key}={name!r} is not a plain name: use letters, digits and _ . + - "
+                         "(it names report files)")
+
+
 def check_experiment(choices) -> None:
     """`experiment` is an optional group, so Hydra silently skips a misspelt one."""
     name = choices.get("experiment")
@@ -143,6 +154,12 @@ def validate(cfg: DictConfig) -> RunSpec:
     obj = OmegaConf.to_object(cfg)
     for key, known in unknown_keys(obj):  # `+recover.x=...` adds a key the schema lacks
         raise InputError(f"unknown key {key}: {close_matches(key.rsplit('.', 1)[-1], known)}")
+    method = PRUNE_METHODS.get(obj.prune.name)
+    if not isinstance(obj.prune, method.config):
+        raise InputError(f"prune.name={obj.prune.name} contradicts the prune group's schema "
+                         f"({type(obj.prune).__name__}): choose the method with prune="
+                         f"{obj.prune.name}")
+    check_name(obj.experiment, "experiment")
     spec = RunSpec(obj.model, obj.data, obj.prune, recovery.narrow(obj.recover), obj.eval,
                    obj.logger, experiment=obj.experiment,
                    results_dir=obj.results_dir, cache_dir=obj.cache_dir, raw=cfg)

@@ -59,19 +59,20 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-_digests: dict[tuple, str] = {}  # (path, device, inode, size, mtime_ns) -> sha256, per process
+_digests: dict[tuple, str] = {}  # (path, device, inode, size, mtime, ctime) -> sha256, per process
 
 
 def content_digest(path: str | Path) -> str:
     """sha256 of a file's bytes, or of a directory's files (relative path and sha256 of each,
-    sorted), memoised for this process while the file's inode, size and mtime stay the same."""
+    sorted), memoised for this process while the file's inode, size, mtime and ctime stay the
+    same (ctime changes with every write and every `touch`/`cp -p`, and cannot be set back)."""
     path = Path(path)
     if path.is_dir():
         parts = [f"{f.relative_to(path).as_posix()}:{content_digest(f)}"
                  for f in sorted(path.rglob("*")) if f.is_file()]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()
     st = path.stat()
-    key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     if key not in _digests:
         _digests[key] = sha256_file(path)
     return _digests[key]

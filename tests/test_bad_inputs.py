@@ -46,6 +46,34 @@ def _drop_tensor(d: Path):
     save_file(sd, str(d / "model.safetensors"))
 
 
+def _to_bin(drop: str | None = None, pickle_object: bool = False):
+    """The checkpoint as pytorch_model.bin (one tensor dropped, or an object only a full
+    unpickler can load) instead of safetensors."""
+    def change(d: Path):
+        import argparse
+
+        import torch
+
+        sd = load_file(str(d / "model.safetensors"))
+        if drop:
+            sd.pop(drop)
+        if pickle_object:  # a class torch.load(weights_only=True) does not allow
+            sd = {**sd, "extra": argparse.Namespace(a=1)}
+        torch.save(sd, d / "pytorch_model.bin")
+        (d / "model.safetensors").unlink()
+    return change
+
+
+def _remote_code(d: Path):
+    """A config whose family the harness does not support, with code that must never run."""
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(model_type="evilnet", auto_map={"AutoConfig": "evil.EvilConfig"})
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "evil.py").write_text(f"open({str(d / 'RAN')!r}, 'w').write('x')\n"
+                               "from transformers import PretrainedConfig\n"
+                               "class EvilConfig(PretrainedConfig):\n    model_type = 'evilnet'\n")
+
+
 def _index_to_missing_shard(d: Path):
     (d / "model.safetensors").unlink()
     (d / "model.safetensors.index.json").write_text(json.dumps(
@@ -75,11 +103,16 @@ def w(tmp_path_factory):
         "missing_shard": _index_to_missing_shard,
         "no_tokenizer": lambda d: [(d / f).unlink() for f in ("tokenizer.json",
                                                              "tokenizer_config.json")],
+        "bin_missing": _to_bin(drop="model.layers.1.mlp.up_proj.weight"),
+        "bin_pickle": _to_bin(pickle_object=True),
+        "remote_code": _remote_code,
     }
     paths = {"tiny": tiny, **{k: _copy(tiny, root / k, fn) for k, fn in models.items()}}
+    paths["small_vocab"] = save_model(tiny_model("llama", vocab=200), tiny_tokenizer(),
+                                      root / "small_vocab")
     docs = [f"Document {i}: the quick brown fox jumps over the lazy dog {i} times." * 3
             for i in range(12)]
-    texts = {
+    texts = {"one_window.txt": "x" * 40, "records.json": json.dumps([{"text": docs[0]}]),
         "corpus.txt": "\n\n".join(docs), "empty.txt": "", "blank.txt": " \n\n \t\n",
         "short.txt": "hello there", "medium.txt": "The quick brown fox. " * 5, "bad.jsonl": '{"text": "fine"}\n{oops\n',
         "notext.jsonl": '{"body": "no text field"}\n', "alpaca.json": '{"not": "a list"}',
@@ -97,6 +130,13 @@ def w(tmp_path_factory):
                           ("foreign_results", b"name,score\nx,1\n")):
         (root / name).mkdir()
         (root / name / "results.csv").write_bytes(content)
+        paths[name] = root / name
+    (root / "lock_dir" / "results.csv.lock").mkdir(parents=True)
+    paths["lock_dir"] = root / "lock_dir"
+    for name, file in (("stage_file", "pruned"), ("corrupt_file", ".corrupt"),
+                       ("work_file", "work")):
+        (root / name).mkdir()
+        (root / name / file).write_text("not a directory")
         paths[name] = root / name
     return paths
 
@@ -181,6 +221,56 @@ CASES = [
     ("results_garbage", lambda w: [f"results_dir={w['garbage_results']}"], "not a results table"),
     ("results_foreign", lambda w: [f"results_dir={w['foreign_results']}"], "no run_key column"),
     ("cache_is_file", lambda w: [f"cache_dir={w['a_file']}"], "cache_dir="),
+    # issue 23: wrong results with exit 0, and tracebacks, now one line before any work
+    ("bin_missing_tensor", lambda w: [f"model.path={w['bin_missing']}"],
+     "the weights lack model.layers.1.mlp.up_proj.weight"),
+    ("bin_pickle", lambda w: [f"model.path={w['bin_pickle']}"], "not a plain tensor checkpoint"),
+    ("remote_code_family_first", lambda w: [f"model.path={w['remote_code']}",
+                                            "model.trust_remote_code=true"],
+     "unsupported architecture 'evilnet'"),
+    ("vocab_smaller_than_tokenizer", lambda w: [f"model.path={w['small_vocab']}"],
+     "the tokenizer gives ids up to 255 but the model's vocab_size is 200"),
+    ("lora_targets", lambda w: ["recover=lora", "recover.tokens=4096",
+                                "recover.lora_targets=[foo_proj]"], "are not projections"),
+    ("device_name", lambda w: ["model.device=banana"], "model.device=banana is not a device"),
+    ("device_cuda_without_gpu", lambda w: ["model.device=cuda"], "no GPU is visible"),
+    ("attention_unknown", lambda w: ["model.attn_implementation=foo"],
+     "model.attn_implementation=foo is unknown"),
+    ("attention_flash", lambda w: ["model.attn_implementation=flash_attention_2"],
+     "needs the flash-attn package"),
+    ("results_under_proc", lambda w: ["results_dir=/proc/harness_results"], "cannot be written"),
+    ("results_empty", lambda w: ["results_dir="], "results_dir is empty"),
+    ("results_lock_is_dir", lambda w: [f"results_dir={w['lock_dir']}"],
+     "results.csv.lock is not a file"),
+    ("cache_stage_is_file", lambda w: [f"cache_dir={w['stage_file']}"],
+     "pruned is a file where the cache keeps a directory"),
+    ("cache_corrupt_is_file", lambda w: [f"cache_dir={w['corrupt_file']}"],
+     ".corrupt is a file where the cache keeps a directory"),
+    ("cache_work_is_file", lambda w: [f"cache_dir={w['work_file']}", "recover=lora",
+                                      "recover.tokens=4096"], "work is a file"),
+    ("prune_name_contradicts_group", lambda w: ["prune=width", "prune.name=depth"],
+     "prune.name=depth contradicts"),
+    ("shape_only_calibration", lambda w: ["model.path=null", "model=llama_1b_shape",
+                                          "prune=depth", "eval=speed"],
+     "prune.criterion=ppl needs calibration text"),
+    ("shape_only_nothing_to_measure", lambda w: ["model.path=null", "model=llama_1b_shape"],
+     "nothing to measure"),
+    ("ratio_rounds_to_nothing", lambda w: [*DEPTH, "prune.ratio=0.001"], "rounds to 0 blocks"),
+    ("width_ratio_rounds_to_nothing", lambda w: ["prune=width", "prune.layer_start=1",
+                                                 "prune.layer_end=-1", "prune.ratio=0.0005"],
+     "rounds to nothing removed"),
+    ("blocks_empty", lambda w: [*DEPTH, "prune.blocks=[]"], "prune.blocks=[] removes nothing"),
+    ("no_metric", lambda w: ["eval.ppl_sources=[]"], "nothing to measure"),
+    ("eval_one_window", lambda w: [f"eval.ppl_sources=[{w['one_window.txt']}]"],
+     "2 windows of eval.seq_len=32 need 64"),
+    ("eval_json", lambda w: [f"eval.ppl_sources=[{w['records.json']}]"], "is a .json file"),
+    ("calib_json", lambda w: [*DEPTH, f"data.calib_source={w['records.json']}"],
+     "is a .json file"),
+    ("sweep_cell_invalid", lambda w: ["-m", *DEPTH, "prune.ratio=null", "prune.num_blocks=1,2,9"],
+     "sweep cell 2 of 3 (prune.num_blocks=9)"),
+    ("sweep_cell_width_ratio", lambda w: ["-m", "prune=width", "prune.layer_start=1",
+                                          "prune.layer_end=-1", "prune.ratio=0.2,0.0005"],
+     "sweep cell 1 of 2 (prune.ratio=0.0005): prune.ratio=0.0005 rounds to nothing"),
 ]
 
 SPECIAL = {  # cases that need the environment changed, not just the arguments
@@ -190,6 +280,7 @@ SPECIAL = {  # cases that need the environment changed, not just the arguments
     # the opt-in second model, selected before it was fetched: the line says how to fetch it
     "gemma3_not_fetched": (["model.path=null", "model=gemma3_270m"],
                            "run `python -m harness.assets --gemma3` once"),
+    "harness_cache_is_file": ([], "HARNESS_CACHE="),
 }
 
 
@@ -236,28 +327,62 @@ def test_bad_input_is_refused_in_one_line(name, overrides, phrase, w, tmp_path, 
 
 @pytest.mark.parametrize("name", sorted(SPECIAL))
 def test_bad_environment_is_refused_in_one_line(name, w, tmp_path, capfd, monkeypatch):
-    import harness.validation as validation
+    from harness.validation import paths, texts
 
     overrides, phrase = SPECIAL[name]
     if name == "results_read_only":  # as root, chmod cannot make a directory read-only
         real = os.access
-        monkeypatch.setattr(validation.os, "access", lambda p, mode: real(p, mode) and not str(
+        monkeypatch.setattr(paths.os, "access", lambda p, mode: real(p, mode) and not str(
             p).startswith(str(tmp_path)))
     elif name == "gemma3_not_fetched":
         monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "empty_harness_cache"))
+    elif name == "harness_cache_is_file":
+        monkeypatch.setenv("HARNESS_CACHE", str(w["a_file"]))
     elif name == "disk_full":
         free = shutil.disk_usage(tmp_path)._replace(free=1 << 20)
-        monkeypatch.setattr(validation.shutil, "disk_usage", lambda p: free)
+        monkeypatch.setattr(paths.shutil, "disk_usage", lambda p: free)
     else:  # an offline machine without the protocol's text wheel
         def missing(split):
-            raise validation.AssetError("no wheel exllamav2==0.3.2: download it by hand")
-        monkeypatch.setattr(validation.protocol, "split_documents", missing)
+            raise texts.AssetError("no wheel exllamav2==0.3.2: download it by hand")
+        monkeypatch.setattr(texts.protocol, "split_documents", missing)
     code = _invoke([*_base(w, tmp_path), *overrides])
     _assert_refused(code, capfd.readouterr().err, phrase, tmp_path, w)
 
 
 def test_the_battery_is_large():
-    assert len(CASES) + len(SPECIAL) >= 40
+    assert len(CASES) + len(SPECIAL) >= 95
+
+
+def test_remote_code_never_ran(w, tmp_path, capfd):
+    """The family check reads config.json itself: the checkpoint's own code stays unimported."""
+    code = _invoke([*_base(w, tmp_path), f"model.path={w['remote_code']}",
+                    "model.trust_remote_code=true"])
+    assert code == 2 and not (w["remote_code"] / "RAN").exists(), capfd.readouterr().err
+
+
+def test_ctrl_c_exits_130_in_one_line_and_the_rerun_resumes(w, tmp_path):
+    """SIGINT mid-training: exit 130, one line (no traceback) saying what was kept; the same
+    command again finishes the run."""
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "harness", *_base(w, tmp_path), "recover=cpt",
+           "recover.tokens=65536", "recover.seq_len=32", "recover.batch_size=4",
+           f"recover.data={w['corpus.txt']}", "recover.save_steps=20", "recover.disable_tqdm=true"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    marker = "work/*/cpt/checkpoint-*/COMPLETE"  # a checkpoint the rerun can resume from
+    while time.time() < deadline and not list((tmp_path / "cache").glob(marker)):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: interrupted")
+    assert not (tmp_path / "results" / "results.csv").exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = pd.read_csv(tmp_path / "results" / "results.csv").iloc[0]
+    assert row["recover/cpt/resumed_from_step"] >= 20 and row["recover/steps"] == 512
 
 
 @pytest.mark.parametrize("args, phrase", [

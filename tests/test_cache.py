@@ -186,3 +186,15 @@ def test_gc_refuses_when_a_row_has_no_stage_record(tmp_path, capsys):
     code, out, _ = _cli(capsys, "gc", "--cache-dir", str(root), "--results-dir", str(results),
                         "--force")
     assert code == 0 and "1 items younger than 1 h kept" in out  # a running sweep's, maybe
+
+
+def test_an_entry_replaced_by_a_file_is_moved_aside_and_recomputed(tmp_path, caplog):
+    cache = StageCache(tmp_path)
+    first = cache.json_stage("ppl", {"e": 1}, lambda: {"ppl": 3.0})
+    entry = cache.path("ppl", config_key({"e": 1}))
+    shutil.rmtree(entry)
+    entry.write_text("not an entry")
+    again = StageCache(tmp_path).json_stage("ppl", {"e": 1}, lambda: {"ppl": 3.0})
+    assert again == first and entry.is_dir()
+    assert [p.name.split("-")[0] for p in (tmp_path / CORRUPT).iterdir()] == ["ppl"]
+    assert "not a directory" in caplog.text

@@ -27,7 +27,11 @@ def check_source(source: str, role: str = "text") -> None:
     if source in protocol.SPLITS or source.startswith("hf:"):
         return
     path = Path(source)
-    if path.suffix in (".txt", ".jsonl", ".json") and path.exists():
+    if path.suffix == ".json":
+        raise ValueError(f"{source} is a .json file: {role} reads .txt (documents separated by "
+                         "blank lines) or .jsonl (a 'text' field per line); .json (Alpaca records) "
+                         "is for recover.data only")
+    if path.suffix in (".txt", ".jsonl") and path.exists():
         return
     raise ValueError(
         f"unknown text source {source!r}: use one of {protocol.SPLITS}, an existing .txt/.jsonl "

@@ -75,6 +75,10 @@ class DepthPruneConfig(Keyed):
     def _criterion(self) -> DepthCriterion:
         return DEPTH_CRITERIA.get(self.criterion)
 
+    def needs_calibration(self) -> bool:
+        """Whether scoring reads calibration text (explicit blocks need none)."""
+        return self.blocks is None and bool(self._criterion().needs)
+
     def importance_fields(self, hf_config) -> dict | None:
         """What the criterion's scores depend on (never the size, except a window criterion's
         window); None when nothing is scored or the scores cannot be reused (iterative,
@@ -154,6 +158,13 @@ class DepthPruneConfig(Keyed):
         for failed, message in checks:
             if failed:
                 raise ValueError(message)
+        if self.blocks is not None and not self.blocks:
+            raise ValueError("prune.blocks=[] removes nothing: for the dense model use prune=none")
+        unit = unit_params(hf_config, self.unit) / total_params(hf_config)
+        if self.ratio and self.blocks_for_ratio(hf_config) == 0:
+            raise ValueError(f"prune.ratio={self.ratio} rounds to 0 {self.unit}s (one {self.unit} "
+                             f"is {unit:.4f} of the parameters): use prune.ratio >= "
+                             f"{unit / 2:.4f} or prune.num_blocks")
         if self.ratio is not None and (need := self.blocks_for_ratio(hf_config)) > most:
             reach = most * unit_params(hf_config, self.unit) / total_params(hf_config)
             raise ValueError(

@@ -94,6 +94,10 @@ class WidthPruneConfig(Keyed):
             del out["mlp_criterion"]
         return out
 
+    def needs_calibration(self) -> bool:
+        """Whether scoring reads calibration text (any criterion it selects by needs some)."""
+        return any(c.needs_calibration for c in criteria.width_criteria_used(self))
+
     def importance_fields(self, hf_config=None) -> dict:
         """What the scores depend on (never the size): the common fields, every used
         criterion's own, and the GQA fold and MLP criterion where they apply."""
@@ -155,7 +159,12 @@ class WidthPruneConfig(Keyed):
                              "model (LLM-Pruner removes whole KV groups)")
         if self.prune_mlp and geo.inter % self.align:
             raise ValueError(f"prune.align={self.align} does not divide the MLP size {geo.inter}")
-        R.solve_counts(geo, self, len(layers))
+        counts = R.solve_counts(geo, self, len(layers))
+        if self.ratio and counts.est_removed == 0:
+            step = len(layers) * geo.channel_params * self.align / geo.total
+            raise ValueError(f"prune.ratio={self.ratio} rounds to nothing removed (the smallest "
+                             f"cut, {self.align} channel(s) in each of {len(layers)} layers, is "
+                             f"{step:.4f} of the parameters): use prune.ratio >= {step / 2:.4f}")
         return layers
 
 

@@ -48,9 +48,9 @@ def rows_under(results_dir: str | Path, run_dir: str | Path) -> pd.DataFrame:
     """The results rows written by runs whose run dir is `run_dir` or lies under it."""
     table = read_table(results_dir)
     if table.empty or "run_dir" not in table:
-        return table
+        return table.iloc[0:0]
     root = str(Path(run_dir).resolve())
-    dirs = table["run_dir"].astype(str).map(lambda d: str(Path(d).resolve()))
+    dirs = table["run_dir"].map(lambda d: str(Path(d).resolve()) if isinstance(d, str) else "")
     return table[(dirs == root) | dirs.str.startswith(root + "/")]
 
 

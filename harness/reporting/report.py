@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 from pathlib import Path
 
 import pandas as pd
 
+from harness.config import NAME
 from harness.io import write_text_atomic
 from harness.reporting.captions import caption, regenerate_commands
 from harness.reporting.seeds import has_repeats, mean_std, seed_groups
@@ -27,6 +29,10 @@ KEY_COLUMNS = ["experiment", "model", "prune.name", "prune.criterion", "prune.un
 HEADLINE = ("params/total", "prune/ratio_achieved", "zeroshot/mean")
 TASK_NAMES = {"boolq": "BoolQ", "piqa": "PIQA", "hellaswag": "HellaS", "winogrande": "WinoG",
               "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "openbookqa": "OBQA"}
+
+
+def plain_name(name: str) -> bool:
+    return bool(NAME.match(str(name))) and ".." not in str(name)
 
 
 def metric_columns(table: pd.DataFrame) -> list[str]:
@@ -179,6 +185,10 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
     written = []
     for experiment, part in by_experiment(table):
         if only is not None and experiment != only:
+            continue
+        if not plain_name(experiment):  # names files: never a path out of `out`
+            print(f"warning: skipped experiment {experiment!r} of {results_dir}/results.csv: not "
+                  "a plain name (letters, digits, _ . + -)", file=sys.stderr)
             continue
         paper, cap = paper_table(part), caption(part, experiment)
         md = f"**{experiment}.** {cap}\n\n{paper.to_markdown(index=False)}\n"

@@ -14,7 +14,9 @@ from typing import Optional
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import open_dict, read_write
+from omegaconf.errors import OmegaConfBaseException
 
 
 @dataclass
@@ -29,6 +31,7 @@ class ValidatingSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]):
         from harness.cli import fail
         from harness.config import check_job
+        from harness.hydra_errors import one_line
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
@@ -36,13 +39,16 @@ class ValidatingSweeper(BasicSweeper):
         (cells,) = self.split_arguments(overrides, None)
         for i, cell in enumerate(cells):
             named = " ".join(c for c in cell if c.split("=", 1)[0] in swept)
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(cell))
+            where = f"sweep cell {i} of {len(cells)} ({named})"
+            try:
+                cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(cell))
+            except (HydraException, OmegaConfBaseException) as e:
+                fail(f"{where}: {one_line(e, list(cell))}; nothing ran")
             hydra = cfg.hydra
             with read_write(cfg), open_dict(cfg):
                 del cfg["hydra"]  # what the job itself gets
             try:
-                check_job(cfg, hydra.runtime.choices, hydra.overrides.task,
-                          where=f"sweep cell {i} of {len(cells)} ({named})")
+                check_job(cfg, hydra.runtime.choices, hydra.overrides.task, where=where)
             except ValueError as e:
                 fail(f"{e}; nothing ran")
         return super().sweep(arguments)

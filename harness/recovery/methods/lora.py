@@ -46,6 +46,10 @@ class LoraConfig(RecoverConfig):
             (0 <= self.lora_dropout < 1,
              f"recover.lora_dropout must be in [0, 1), got {self.lora_dropout}"),
             (len(self.lora_targets) > 0, "recover.lora_targets must name at least one module"),
+            (set(self.lora_targets) <= set(LLAMA_PROJECTIONS),
+             f"recover.lora_targets: {sorted(set(self.lora_targets) - set(LLAMA_PROJECTIONS))} "
+             f"are not projections; choose from {', '.join(LLAMA_PROJECTIONS)} (Llama's names; "
+             "each family maps them onto its own modules)"),
         ]
 
 
