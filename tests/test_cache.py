@@ -3,6 +3,7 @@ non-finite result is never cached, and `harness cache verify|gc` check and trim 
 
 import json
 import math
+import shutil
 
 import pandas as pd
 import pytest
