@@ -172,6 +172,11 @@ def main(argv: list[str] | None = None) -> None:
         if user_wants_trace:
             raise
         fail(one_line(e, [a for a in argv if "=" in a]))
+    except OSError as e:  # Hydra making the run or sweep dir, before any job ran
+        if user_wants_trace or _jobs_started:
+            raise
+        fail(f"cannot create {e.filename or 'the run directory'} ({e.strerror or e}): "
+             "hydra.run.dir / hydra.sweep.dir must be writable")
     except KeyboardInterrupt:
         if user_wants_trace:
             raise
@@ -184,7 +189,12 @@ def main(argv: list[str] | None = None) -> None:
         distributed.teardown()
 
 
+_jobs_started = False  # whether Hydra got as far as running a job (see main's OSError case)
+
+
 def _app(cfg: DictConfig) -> None:
+    global _jobs_started
+    _jobs_started = True
     load_plugins()  # again for jobs that start here (submitit unpickles the app)
     try:
         run_experiment(cfg)

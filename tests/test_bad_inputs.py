@@ -266,6 +266,12 @@ CASES = [
     ("eval_json", lambda w: [f"eval.ppl_sources=[{w['records.json']}]"], "is a .json file"),
     ("calib_json", lambda w: [*DEPTH, f"data.calib_source={w['records.json']}"],
      "is a .json file"),
+    ("train_on_test_split", lambda w: ["recover=lora", "recover.tokens=4096",
+                                       "recover.data=wiki_test"], "is a test split"),
+    ("run_dir_unwritable", lambda w: ["hydra.run.dir=/proc/harness_run"],
+     "cannot create /proc/harness_run"),
+    ("sweep_dir_unwritable", lambda w: ["-m", "hydra.sweep.dir=/proc/harness_sweep"],
+     "cannot create /proc/harness_sweep"),
     ("sweep_cell_invalid", lambda w: ["-m", *DEPTH, "prune.ratio=null", "prune.num_blocks=1,2,9"],
      "sweep cell 2 of 3 (prune.num_blocks=9)"),
     ("sweep_cell_width_ratio", lambda w: ["-m", "prune=width", "prune.layer_start=1",
@@ -350,7 +356,7 @@ def test_bad_environment_is_refused_in_one_line(name, w, tmp_path, capfd, monkey
 
 
 def test_the_battery_is_large():
-    assert len(CASES) + len(SPECIAL) >= 95
+    assert len(CASES) + len(SPECIAL) >= 100
 
 
 def test_remote_code_never_ran(w, tmp_path, capfd):

@@ -77,6 +77,9 @@ class RecoverConfig(Keyed):
              f"recover.warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
             (self.max_grad_norm >= 0,
              f"recover.max_grad_norm must be >= 0, got {self.max_grad_norm}"),
+            (self.data not in ("wiki_test", "c4_test"),
+             f"recover.data={self.data} is a test split: never train on it (wiki_train, or a "
+             "file of yours)"),
             (self.data == "wiki_train" or str(self.data).endswith(DATA_SUFFIXES),
              f"recover.data must be wiki_train or a {'/'.join(DATA_SUFFIXES)} path, "
              f"got {self.data!r}"),
