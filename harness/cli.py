@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     user_wants_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; composition errors become one line
     sys.argv = [sys.argv[0], *argv]
+    global _jobs_started
+    _jobs_started = False
     try:
         hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_app)()
     except (HydraException, OmegaConfBaseException) as e:
