@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from harness.data.protocol import EVAL_SEQ_LEN
 from harness.data.text import check_source, source_identity
 from harness.keys import Keyed
 
@@ -142,7 +143,7 @@ class EvalConfig(Keyed):
     NOT_DETERMINING = ("batch_size",)
 
     ppl_sources: list[str] = field(default_factory=lambda: ["wiki_test", "c4_test"])
-    seq_len: int = 128
+    seq_len: int = EVAL_SEQ_LEN
     batch_size: int = 8
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.data import protocol as P
 from harness.io import write_text_atomic
 from harness.tracking.results import read_table
 
@@ -195,7 +196,8 @@ def render(width: list[dict], depth: list[dict], hits: dict | None = None,
                 lambda x: "—" if pd.isna(x) else f"{int(x)}/24")
     return (
         "**Fidelity: peer code vs this harness on the same model and inputs** (SmolLM2-135M, "
-        "the offline protocol's 10 x 128 c4_calib calibration, PPL at seq_len 128, fp32 CPU; "
+        f"the offline protocol's {P.CALIB_SAMPLES} x {P.CALIB_SEQ_LEN} {P.CALIB_SOURCE} "
+        f"calibration, PPL at seq_len {P.EVAL_SEQ_LEN}, fp32 CPU; "
         "agreement with the peer row above = % of units both keep or both remove). Peer rows: "
         "tests/fixtures/peers/ (commit, command, adaptations; — = not evaluated with the peer's "
         "code); tests/test_peer_fixtures.py asserts that `prune.gqa_fold=llm_pruner` selects "

@@ -18,12 +18,14 @@ from pathlib import Path
 import pandas as pd
 
 from harness.config import NAME
+from harness.data import protocol
+from harness.data.protocol import EVAL_SEQ_LEN
 from harness.io import write_text_atomic
 from harness.reporting.captions import caption, regenerate_commands
 from harness.reporting.seeds import has_repeats, mean_std, seed_groups
 from harness.tracking.results import by_experiment, read_table
 
-PROTOCOL_SEED = 1234  # DataConfig's default: the calibration every other table uses
+PROTOCOL_SEED = protocol.CALIB_SEED  # the calibration every other table uses
 KEY_COLUMNS = ["experiment", "model", "prune.name", "prune.criterion", "prune.unit",
                "prune.ratio", "recover.name", "recover.tokens"]
 HEADLINE = ("params/total", "prune/ratio_achieved", "zeroshot/mean")
@@ -136,7 +138,7 @@ def convention_table(part: pd.DataFrame) -> pd.DataFrame | None:
 
 def matched_rows(table: pd.DataFrame) -> pd.DataFrame:
     """Pruned runs comparable across experiments: depth or width by `prune.ratio`, no recovery,
-    whole blocks, real weights, PPL at seq_len 128, the protocol's calibration seed."""
+    whole blocks, real weights, PPL at the protocol's seq_len, the protocol's calibration seed."""
     def col(name, default):
         return table[name] if name in table else pd.Series(default, index=table.index)
 
@@ -146,7 +148,7 @@ def matched_rows(table: pd.DataFrame) -> pd.DataFrame:
             & (col("recover.name", "none").fillna("none") == "none")
             & (col("prune.unit", "block").fillna("block") == "block")
             & ~col("model/shape_only", False).fillna(False).astype(bool)
-            & (col("eval.seq_len", 128).fillna(128) == 128)
+            & (col("eval.seq_len", EVAL_SEQ_LEN).fillna(EVAL_SEQ_LEN) == EVAL_SEQ_LEN)
             & col("data.calib_seed", PROTOCOL_SEED).fillna(PROTOCOL_SEED).eq(PROTOCOL_SEED))
     return table[keep]
 
@@ -221,7 +223,7 @@ def _write_matched_size(table: pd.DataFrame, out: Path) -> list[Path]:
                          for c in regenerate_commands(part, experiment))
     text = ("**Depth vs width at matched size, every criterion, no recovery** (rows from all "
             "experiments; sizes are fractions of TOTAL parameters, requested and achieved; PPL "
-            f"at seq_len 128, fp32). Regenerate: {commands}, then `harness report --write`.\n\n"
+            f"at seq_len {EVAL_SEQ_LEN}, fp32). Regenerate: {commands}, then `harness report --write`.\n\n"
             f"{matched.to_markdown(index=False)}\n")
     written = [write_text_atomic(out / "matched_size.md", text),
                write_text_atomic(out / "matched_size.csv", matched.to_csv(index=False))]
