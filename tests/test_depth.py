@@ -75,9 +75,7 @@ def test_remove_sublayers_equals_zeroing_them(arch, gqa, unit):
     torch.testing.assert_close(logits(model, ids), expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize(
-    "kw", [{"num_blocks": 0}, {"ratio": 0.0}, {"blocks": []}], ids=["n0", "r0", "empty"]
-)
+@pytest.mark.parametrize("kw", [{"num_blocks": 0}, {"ratio": 0.0}], ids=["n0", "r0"])
 def test_removing_nothing_changes_nothing(kw):
     model, ids = tiny_model(layers=6), calib()
     expected = logits(model, ids)
@@ -85,6 +83,13 @@ def test_removing_nothing_changes_nothing(kw):
     assert plan["removed"] == [] and plan["ratio_achieved"] == 0.0
     assert plan["params_after"] == plan["params_before"]
     assert torch.equal(logits(model, ids), expected)
+
+
+def test_an_empty_block_list_is_refused_not_a_silent_dense_run():
+    """`prune.blocks=[]` is a typo far more often than a control (ratio 0 is the control)."""
+    with pytest.raises(ValueError, match=r"prune.blocks=\[\] removes nothing"):
+        prune_depth(tiny_model(layers=6), DepthPruneConfig(blocks=[], protect_first=1,
+                                                            protect_last=1), calib())
 
 
 def test_block_checkpoint_reloads_with_stock_transformers(tmp_path):
