@@ -27,6 +27,7 @@ from harness.identity import recover_identity, run_identity, run_key, stage_keys
 from harness.keys import Keyed, config_key, undeclared
 from harness.models.loader import ModelConfig, load_hf_config
 from harness.pruning.depth import DepthPruneConfig
+from harness.pruning.hybrid import HybridPruneConfig
 from harness.pruning.importance.registry import (
     DEPTH_CRITERIA,
     WIDTH_CRITERIA,
@@ -101,6 +102,11 @@ def _specs(tiny_dir) -> list[tuple[str, RunSpec]]:
         unit_ratio=0.2, attn_unit="kv_group", layer_start=0, layer_end=4))))
     out.append(("width loss, mlp random", spec(WidthPruneConfig(
         ratio=0.2, criterion="loss", mlp_criterion="random", layer_start=0, layer_end=4))))
+    hybrid = HybridPruneConfig(ratio=0.4, protect_first=1, protect_last=1, layer_start=0,
+                               layer_end=-1)
+    out.append(("hybrid ppl+taylor", spec(hybrid)))
+    out.append(("hybrid random+flap", spec(replace(hybrid, depth_criterion="random",
+                                                   width_criterion="flap", scope="global"))))
     out += [(f"recover {m.name}", spec(depth, settings(m.name, tokens=4096, bf16="false")))
             for m in METHODS if m.phases]
     return out
@@ -116,6 +122,9 @@ def _other(name: str, value):
     special = {"dtype": "bfloat16", "bf16": "true" if value != "true" else "false",
                "device": "cpu" if value != "cpu" else "meta",
                "unit": "attn" if value != "attn" else "mlp",
+               "depth_unit": "attn" if value != "attn" else "mlp",
+               "depth_criterion": "taylor" if value != "taylor" else "ppl",
+               "width_criterion": "taylor" if value != "taylor" else "random",
                "attn_unit": "kv_group" if value != "kv_group" else "q_head",
                "gqa_fold": "llm_pruner" if value != "llm_pruner" else "aligned",
                "criterion": "taylor" if value != "taylor" else "random",

@@ -1,9 +1,9 @@
-"""Pruning methods as a registry: `prune=none|depth|width` (and any method a plugin adds).
+"""Pruning methods as a registry: `prune=none|depth|width|hybrid` (and any a plugin adds).
 
 A method's entry names its config class (the `prune` group's schema `<name>_schema`), its
 scorer (cacheable importance, computed once per criterion and reused for every size), how it
 cuts the model given those scores, and which plan fields become the row's `prune/...` metrics.
-`depth.py` and `width.py` register theirs; `none` is here.
+`depth.py`, `width.py` and `hybrid.py` register theirs; `none` is here.
 
 Importance scores are cached on disk by `cfg.importance_fields(hf_config)`, never the size:
 depth scores are a JSON map block -> score; width scores are tensors, stored as safetensors
@@ -52,7 +52,8 @@ class PruneMethod:
 
 
 PRUNE_METHODS: Registry[PruneMethod] = Registry(
-    "pruning method", "prune", builtins=("harness.pruning.depth", "harness.pruning.width"))
+    "pruning method", "prune", builtins=("harness.pruning.depth", "harness.pruning.width",
+                                       "harness.pruning.hybrid"))
 PRUNE_METHODS.register(PruneMethod("none", NoPrune))
 register = PRUNE_METHODS.register
 

@@ -1,0 +1,274 @@
+"""Hybrid pruning (`prune=hybrid`): one total size, a share of it cut by depth, the rest by width.
+
+`prune.ratio` is the fraction of TOTAL parameters removed, as for depth and width;
+`prune.depth_share` (0..1) of those parameters go by depth (whole blocks, or attention / MLP
+sublayers with `prune.depth_unit`), the rest by width (heads / KV groups and MLP channels). Each
+part keeps its own criterion (`prune.depth_criterion`, `prune.width_criterion`) and every other
+depth option (`protect_first`, `protect_last`, `iterative`) and width option (`layer_start`,
+`layer_end`, `attn_unit`, `scope`, `reduction`, `mlp_criterion`, ...) keeps its name.
+
+Order: depth first, then width scored on the shallower model (Minitron's combined recipe): the
+depth criterion ranks the dense blocks, the removed blocks go, and the width criterion scores
+the model that is left, so no width score is spent on a block that is removed anyway. The depth
+part removes the number of units closest to `ratio * depth_share` of the dense parameters; the
+width part then removes `(ratio * dense - removed by depth) / shallower total` of the shallower
+model, so the width part absorbs the depth part's rounding and the whole matches `ratio` (the
+achieved fraction and the achieved depth share are in the plan). Width layer indices
+(`layer_start`, `layer_end`) are the shallower model's; with the defaults (depth protects the
+first 4 and last 2 blocks, width prunes layers 4..-2) both parts spare the same dense blocks.
+
+Edges are exact: `depth_share=0` is the width run (same scores, same kept units) and
+`depth_share=1` the depth run (no width part, even where depth rounds short of `ratio`).
+The first step's importance is the stage cache's `importance` entry: the depth scores (or, at
+share 0, the width scores of the dense model), which do not depend on the share, so one sweep
+over shares scores the dense model once, and shares the entry with the plain depth (width) run.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from harness.keys import Keyed
+from harness.models.params import count_params
+from harness.models.uneven import build_skeleton
+from harness.pruning import ratio as R
+from harness.pruning.blocks import remove_blocks
+from harness.pruning.depth import (
+    DepthPruneConfig,
+    prune_depth,
+    score_blocks,
+)
+from harness.pruning.importance.width import score_groups
+from harness.pruning.methods import PruneMethod, register
+from harness.pruning.width import WidthPruneConfig, prune_width
+
+# hybrid field -> the depth / width config's field of the same meaning
+DEPTH_FIELDS = {"depth_criterion": "criterion", "depth_unit": "unit", "protect_first": "protect_first",
+                "protect_last": "protect_last", "iterative": "iterative", "seed": "seed"}
+WIDTH_FIELDS = {"width_criterion": "criterion", "reduction": "reduction", "attn_unit": "attn_unit",
+                "scope": "scope", "layer_start": "layer_start", "layer_end": "layer_end",
+                "prune_attn": "prune_attn", "prune_mlp": "prune_mlp", "align": "align",
+                "seed": "seed", "flap_bias_compensation": "flap_bias_compensation",
+                "gqa_fold": "gqa_fold", "mlp_criterion": "mlp_criterion"}
+
+
+@dataclass
+class HybridPruneConfig(Keyed):
+    """`prune=hybrid`: `ratio` of total params, `depth_share` of them by depth (see module)."""
+
+    SIZE_FIELDS: ClassVar[tuple[str, ...]] = ("ratio",)
+    DETERMINING = ("name", "ratio", "depth_share", *DEPTH_FIELDS, *WIDTH_FIELDS)
+    NOT_DETERMINING = ()
+
+    name: str = "hybrid"
+    ratio: float | None = None
+    depth_share: float = 0.5
+    # depth part (defaults as prune=depth)
+    depth_criterion: str = "ppl"
+    depth_unit: str = "block"
+    protect_first: int = 4
+    protect_last: int = 2
+    iterative: bool = False
+    # width part (defaults as prune=width)
+    width_criterion: str = "taylor"
+    reduction: str = "sum"
+    attn_unit: str = "q_head"
+    scope: str = "uniform"
+    layer_start: int = 4
+    layer_end: int = -2
+    prune_attn: bool = True
+    prune_mlp: bool = True
+    align: int = 1
+    seed: int = 0
+    flap_bias_compensation: bool = True
+    gqa_fold: str = "aligned"
+    mlp_criterion: str | None = None
+
+    @property
+    def criterion(self) -> str:
+        """Both criteria, for messages and labels ("ppl+taylor")."""
+        return f"{self.depth_criterion}+{self.width_criterion}"
+
+    # ---- the two parts ----------------------------------------------------------------------
+    def _depth(self, **size) -> DepthPruneConfig:
+        return DepthPruneConfig(**{v: getattr(self, k) for k, v in DEPTH_FIELDS.items()}, **size)
+
+    def _width(self, width_ratio: float) -> WidthPruneConfig:
+        return WidthPruneConfig(**{v: getattr(self, k) for k, v in WIDTH_FIELDS.items()},
+                                ratio=width_ratio)
+
+    def num_depth(self, hf_config) -> int:
+        """Depth units removed: those closest to `ratio * depth_share` of the total params
+        (at share 1 exactly the depth run's count)."""
+        if not self.ratio or self.depth_share <= 0:
+            return 0
+        share = self.ratio if self.depth_share == 1 else self.ratio * self.depth_share
+        return self._depth(ratio=share).blocks_for_ratio(hf_config)
+
+    def depth_config(self, hf_config) -> DepthPruneConfig | None:
+        """The depth part (None when it removes nothing); at share 1 the depth run's config."""
+        if self.depth_share == 1:
+            return self._depth(ratio=self.ratio)
+        n = self.num_depth(hf_config)
+        return self._depth(num_blocks=n) if n else None
+
+    def width_ratio(self, dense_total: int, removed: int, left_total: int) -> float:
+        """The width part's fraction of the shallower model: what depth left of the target."""
+        if removed == 0:
+            return self.ratio or 0.0  # share 0: exactly the width run's ratio
+        return max(0.0, ((self.ratio or 0.0) * dense_total - removed) / left_total)
+
+    def width_config(self, geo: R.Geometry, dense_total: int) -> WidthPruneConfig | None:
+        """The width part on the shallower model of geometry `geo` (None when nothing is left
+        to remove by width, or it rounds to no unit)."""
+        if self.depth_share == 1 or not self.ratio:
+            return None
+        w = self.width_ratio(dense_total, dense_total - geo.total, geo.total)
+        if w <= 0:
+            return None
+        cfg = self._width(w)
+        layers = R.resolve_layers(cfg.layer_start, cfg.layer_end, geo.n_layers)
+        return cfg if R.solve_counts(geo, cfg, len(layers)).est_removed else None
+
+    def _after_depth(self, hf_config) -> tuple[R.Geometry, int]:
+        """(geometry of the model the width part sees, dense total), from the config alone:
+        the blocks removed are unknown before scoring, but their count and size are not."""
+        with torch.device("meta"):
+            model = build_skeleton(copy.deepcopy(hf_config))  # cut below: never the caller's
+        dense = count_params(model)["total"]
+        n = self.num_depth(hf_config) if self.depth_unit == "block" else 0
+        if n:
+            remove_blocks(model, range(self.protect_first, self.protect_first + n))
+        return R.Geometry.from_model(model, self.attn_unit), dense
+
+    # ---- keys -------------------------------------------------------------------------------
+    def key_fields(self) -> dict:
+        """The hybrid's own fields, and each part's as that part keys them (a criterion's seed
+        only for criteria that use it, FLAP's bias compensation only for FLAP, ...)."""
+        out = super().key_fields()
+        depth = self._depth(ratio=self.ratio).key_fields()
+        width = self._width(self.ratio).key_fields()
+        for fields, part in ((DEPTH_FIELDS, depth), (WIDTH_FIELDS, width)):
+            for ours, theirs in fields.items():
+                if theirs not in part and ours != "seed":
+                    out.pop(ours, None)
+        if "seed" not in depth and "seed" not in width:
+            out.pop("seed", None)
+        return out
+
+    def importance_fields(self, hf_config) -> dict | None:
+        """The first step's scores: the depth part's (they never depend on the share, except a
+        window criterion's window), or at share 0 the width scores of the dense model. They are
+        the plain depth (width) run's scores, so that run's cache entry serves too."""
+        depth = self.depth_config(hf_config)
+        if depth is not None:
+            return depth.importance_fields(hf_config)
+        if not self.ratio:
+            return None
+        return self._width(self.ratio).importance_fields(hf_config)
+
+    def needs_calibration(self) -> bool:
+        return (self.depth_share > 0 and self._depth(ratio=self.ratio).needs_calibration()) or \
+            (self.depth_share < 1 and self._width(self.ratio or 0.0).needs_calibration())
+
+    # ---- validation -------------------------------------------------------------------------
+    def validate(self, hf_config) -> None:
+        """One-line ValueError for anything that cannot work on this model config."""
+        if self.ratio is None or not 0 < self.ratio < 1:
+            raise ValueError(f"prune.ratio={self.ratio} must be in (0, 1) for prune=hybrid "
+                             "(the fraction of total params removed by depth and width together)")
+        if not 0 <= self.depth_share <= 1 or isinstance(self.depth_share, bool):
+            raise ValueError(f"prune.depth_share={self.depth_share} must be in [0, 1] (the share "
+                             "of the removed params cut by depth; 0 = width only, 1 = depth only)")
+        if self.depth_unit != "block" and 0 < self.depth_share < 1:
+            raise ValueError(f"prune.depth_unit={self.depth_unit} with width pruning is not "
+                             "supported yet (width needs whole blocks); use prune.depth_unit=block "
+                             "or prune.depth_share=1")
+        if self.depth_share > 0:
+            try:
+                self._depth(num_blocks=0).validate(hf_config)  # criterion, unit, protection
+                depth = self.depth_config(hf_config)
+                if depth is not None:
+                    depth.validate(hf_config)
+            except ValueError as e:
+                raise ValueError(self._part_error("depth", e)) from None
+        if self.depth_share < 1:
+            try:
+                self._width(self.ratio)._check_choices()
+                geo, dense = self._after_depth(hf_config)
+                width = self.width_config(geo, dense)
+                if width is not None:
+                    width._check_model(geo)
+            except ValueError as e:
+                raise ValueError(self._part_error("width", e)) from None
+
+    def _part_error(self, part: str, e: ValueError) -> str:
+        """A part's message, with its keys spelt as the hybrid spells them."""
+        msg = str(e).replace("prune.criterion", f"prune.{part}_criterion")
+        msg = msg.replace("prune.unit=", "prune.depth_unit=").replace("prune.ratio=", "ratio ")
+        return f"prune=hybrid, {part} part (prune.depth_share={self.depth_share}): {msg}"
+
+
+# ---- scoring and cutting -------------------------------------------------------------------
+def score_hybrid(model, cfg: HybridPruneConfig, calib: torch.Tensor):
+    """The first step's cacheable scores (see `importance_fields`)."""
+    depth = cfg.depth_config(model.config)
+    if depth is not None:
+        return score_blocks(model, depth, calib)
+    return score_groups(model, cfg._width(cfg.ratio), calib)
+
+
+def prune_hybrid(model, cfg: HybridPruneConfig, calib: torch.Tensor, scores=None) -> dict:
+    """Depth part, then width part scored on the shallower model; in place. The plan holds
+    both parts' plans, the achieved fraction and the achieved depth share."""
+    cfg.validate(model.config)
+    before = count_params(model)
+    depth = cfg.depth_config(model.config)
+    depth_plan = width_plan = None
+    if depth is not None:
+        depth_plan = prune_depth(model, depth, calib, scores if isinstance(scores, dict) else None)
+    mid = count_params(model)
+    removed_depth = before["total"] - mid["total"]
+    width = None
+    if cfg.depth_share < 1:
+        width = cfg.width_config(R.Geometry.from_model(model, cfg.attn_unit), before["total"])
+    if width is not None:
+        reuse = scores if depth is None and not isinstance(scores, dict) else None
+        width_plan = prune_width(model, width, calib, reuse)
+    after = count_params(model)
+    gone = before["total"] - after["total"]
+    return {
+        "method": "hybrid",
+        "order": "depth_then_width",
+        "depth_criterion": cfg.depth_criterion,
+        "width_criterion": cfg.width_criterion,
+        "depth_share": cfg.depth_share,
+        "depth_share_achieved": removed_depth / gone if gone else 0.0,
+        "depth": depth_plan,
+        "width": width_plan,
+        "params_before": before,
+        "params_after": after,
+        "ratio_requested": cfg.ratio,
+        "ratio_achieved": gone / before["total"],
+        "calibration": {"num_samples": int(calib.shape[0]), "seq_len": int(calib.shape[1])},
+    }
+
+
+def _plan_metrics(plan: dict) -> dict:
+    depth, width = plan["depth"] or {}, plan["width"] or {}
+    out = {"prune/depth_share_achieved": plan["depth_share_achieved"],
+           "prune/num_removed": depth.get("num_removed", 0),
+           "prune/removed": str(depth.get("removed", [])),
+           "prune/width_ratio": width.get("ratio_requested") or 0.0}
+    if width:
+        out["prune/unit_ratio"] = width["unit_ratio"]
+    return out
+
+
+register(PruneMethod("hybrid", HybridPruneConfig, score=score_hybrid,
+                     apply=lambda model, cfg, calib, scores: prune_hybrid(model, cfg, calib, scores),
+                     plan_metrics=_plan_metrics))
