@@ -1,4 +1,6 @@
-"""Cost of the measured-loss width criterion next to Taylor's: block forwards and wall time.
+"""Cost of the measured-loss width criterion next to Taylor's: block calls and wall time, the
+unbatched reference (before) and the batched criterion (after) side by side, and whether they
+choose the same units.
 
     python benchmarks/bench_width_loss.py                      # SmolLM2-135M, LLM-Pruner's shape
     python benchmarks/bench_width_loss.py --unit q_head --layer-end -2   # the default layer range
@@ -6,7 +8,9 @@
 
 Taylor needs one forward and one backward over the calibration batch; `loss` reruns blocks
 i..L-1 once per attention unit of every pruned layer i (prefix cached, see
-harness/pruning/importance/width_loss.py), plus Taylor's pass for the MLP channels.
+harness/pruning/importance/width_loss.py), plus Taylor's pass for the MLP channels. The batched
+criterion stacks the streams (same block forwards in rows, fewer and larger calls); the
+reference runs one call per stream and block. Both rows include the Taylor pass for the MLP.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 from harness.pruning.blocks import count_block_forwards  # noqa: E402
+from harness.pruning.importance import width_loss  # noqa: E402
+from harness.pruning.importance.registry import WidthCriterion, register_width  # noqa: E402
 from harness.pruning.importance.width import score_groups  # noqa: E402
 from harness.pruning.width import WidthPruneConfig  # noqa: E402
 
@@ -53,15 +59,27 @@ def main(argv=None) -> None:
     model, ids, label = load(args)
     print(f"{label}: {ids.shape[0]} x {ids.shape[1]} calibration tokens, attn_unit={args.unit}, "
           f"layers [{args.layer_start}, {args.layer_end})")
-    print(f"{'criterion':<10} {'block forwards':>15} {'seconds':>9}")
-    for criterion in ("taylor", "loss"):
+    register_width(WidthCriterion("loss_reference", width_loss.measured_loss_scores_reference,
+                                  needs=frozenset({"losses"}), scores_mlp=False))
+    rows, scores = [], {}
+    for criterion, label in (("taylor", "taylor"), ("loss_reference", "loss before (reference)"),
+                             ("loss", "loss after (batched)")):
         cfg = WidthPruneConfig(criterion=criterion, attn_unit=args.unit, ratio=0.2,
                                layer_start=args.layer_start, layer_end=args.layer_end)
         start = time.perf_counter()
         with count_block_forwards(model) as counter:
-            score_groups(model, cfg, ids)
-        print(f"{criterion:<10} {counter.count:>15} {time.perf_counter() - start:>9.1f}")
-
+            scores[criterion] = score_groups(model, cfg, ids)
+        rows.append((label, counter.count, time.perf_counter() - start))
+        print(f"  {label}: {rows[-1][2]:.1f} s", flush=True)
+    taylor_s = rows[0][2]
+    print(f"{'criterion':<24} {'block calls':>12} {'seconds':>9} {'x taylor':>9}")
+    for label, calls, secs in rows:
+        print(f"{label:<24} {calls:>12} {secs:>9.1f} {secs / taylor_s:>9.2f}")
+    ref, new = scores["loss_reference"], scores["loss"]
+    same = all(torch.equal(torch.argsort(ref.attn[i]), torch.argsort(new.attn[i])) for i in ref.attn)
+    diff = max(float((ref.attn[i] - new.attn[i]).abs().max()) for i in ref.attn)
+    print(f"same unit order in every layer: {same}; max |score difference| {diff:.2e}; "
+          f"speed-up of the batched criterion {rows[1][2] / rows[2][2]:.2f}x")
 
 if __name__ == "__main__":
     main()
