@@ -3,7 +3,9 @@
 - PPL vs pruned fraction, depth vs width, one line per criterion (no recovery);
 - zero-shot accuracy vs decode speedup over the dense model, each point labelled, with the
   Pareto front;
-- recovery method vs pruned fraction.
+- recovery method vs pruned fraction;
+- hybrid pruning (issue 26): PPL vs depth share, one figure per size, a line per recovery, and
+  PPL vs decode speedup over every point, with the Pareto front (lower PPL, higher speed).
 Each is written as PNG and as vector PDF and SVG (text kept as text) next to it, in the
 Okabe-Ito colour-blind-safe palette, legends outside the axes. Error bars: PPL points show the
 std across calibration seeds where a setting ran with several, else the bootstrap std over the
@@ -199,6 +201,95 @@ def recovery_vs_fraction(table: pd.DataFrame, path: Path, source: str = "wiki_te
     return _save(fig, path)
 
 
+def ppl_vs_share(table: pd.DataFrame, prefix: Path, source: str = "wiki_test") -> list[Path]:
+    """Hybrid rows: for each requested size `<prefix>_ppl_vs_share_<pct>.png`, PPL against the
+    depth share (0 = width only, 1 = depth only), a line per recovery; dense dotted."""
+    col = f"ppl/{source}"
+    if col not in table or "prune.depth_share" not in table:
+        return []
+    rows = table[(table["prune.name"] == "hybrid") & table[col].notna()]
+    dense = table[(table["prune.name"] == "none") & table[col].notna()] if col in table else None
+    out = []
+    for ratio, part in rows.groupby("prune.ratio"):
+        fig, ax = plt.subplots(figsize=(5.0, 3.4))
+        styles = _styles()
+        recover = part.get("recover.name", pd.Series("none", index=part.index)).fillna("none")
+        for name, at in part.groupby(recover):
+            pts = at.groupby("prune.depth_share")[col].mean().sort_index()
+            color, marker = next(styles)
+            ax.plot(pts.index, pts.to_numpy(), marker=marker, color=color, lw=1.4, ms=5,
+                    label=f"recovery: {name}", gid=f"share-{name}")
+        if dense is not None and not dense.empty:
+            ax.axhline(dense[col].iloc[0], color="#000000", ls=":", lw=1, label="dense")
+        ax.set(xlabel="depth share of the removed parameters (0 = width, 1 = depth)",
+               ylabel=f"PPL {source}", yscale="log",
+               title=f"Depth/width mix at {100 * ratio:.0f}% of total parameters")
+        _legend_outside(ax)
+        out.append(_save(fig, prefix.with_name(f"{prefix.name}_ppl_vs_share_{100 * ratio:.0f}.png")))
+    return out
+
+
+def _speedups(table: pd.DataFrame) -> pd.Series:
+    """Batch-1 decode speedup of each row over its model's dense row, from the first decode
+    column the two share; a row without one takes the speed of a row with the same pruned
+    model (recovery merges into the same shapes)."""
+    cols = [c for c in table.columns if c.startswith("speed/") and "/bs1/" in c
+            and c.endswith("/decode_ms")]
+    model = table["model"] if "model" in table else pd.Series("", index=table.index)
+    speed = pd.Series(np.nan, index=table.index)
+    for c in cols:
+        dense = table[(table["prune.name"] == "none") & table[c].notna()]
+        for m, at in table[speed.isna() & table[c].notna()].groupby(model):
+            base = dense[model.loc[dense.index] == m][c]
+            if not base.empty:
+                speed.loc[at.index] = base.median() / at[c]
+    shape = [c for c in table.columns if c.startswith("prune.")] + ["model"]
+    shape = [c for c in shape if c in table]
+    keys = table[shape].apply(lambda r: "|".join(map(str, r)), axis=1)
+    known = speed.groupby(keys).first()
+    return speed.fillna(keys.map(known))
+
+
+def pareto_front(data: pd.DataFrame, col: str) -> list[tuple[float, float]]:
+    """(speedup, PPL) of the points no other point beats on both (faster and lower PPL),
+    slowest first."""
+    front, best = [], np.inf
+    for _, r in data.sort_values(["speedup", col], ascending=[False, True]).iterrows():
+        if r[col] < best:  # fastest first; keep each point better than every faster one
+            front.append((float(r["speedup"]), float(r[col])))
+            best = r[col]
+    return sorted(front)
+
+
+def ppl_vs_speedup(table: pd.DataFrame, path: Path, source: str = "wiki_test") -> Path | None:
+    """Every row with a PPL and a speed: PPL against decode speedup, the Pareto front (points
+    no other point beats on both), markers by method, filled without recovery."""
+    col = f"ppl/{source}"
+    if col not in table or "prune.name" not in table:
+        return None
+    data = table.assign(speedup=_speedups(table)).dropna(subset=["speedup", col])
+    if data.empty or (data["prune.name"] != "none").sum() == 0:
+        return None
+    fig, ax = plt.subplots(figsize=(5.8, 3.8))
+    styles = _styles()
+    recover = data.get("recover.name", pd.Series("none", index=data.index)).fillna("none")
+    method = data["prune.name"].where(data["prune.name"] != "hybrid",
+                                      "hybrid share " + data.get("prune.depth_share",
+                                                                 pd.Series("", index=data.index))
+                                      .astype(str))
+    for (m, r), part in data.groupby([method, recover]):
+        color, marker = next(styles)
+        ax.scatter(part["speedup"], part[col], color=color, marker=marker, s=24,
+                   facecolors=color if r == "none" else "none",
+                   label=("dense" if m == "none" else m) + ("" if r == "none" else f" +{r}"))
+    ax.plot(*zip(*pareto_front(data, col), strict=True), color="#000000", ls=":", lw=1,
+            label="Pareto front")
+    ax.set(xlabel="decode speedup vs dense (batch 1)", ylabel=f"PPL {source}", yscale="log",
+           title="Quality vs measured speed")
+    _legend_outside(ax)
+    return _save(fig, path)
+
+
 def experiment_figures(table: pd.DataFrame, prefix: Path) -> list[Path]:
     """Every figure the table supports: the PNGs `<prefix>_<name>.png` (each with its PDF and
     SVG beside it, see `vector_files`)."""
@@ -206,5 +297,8 @@ def experiment_figures(table: pd.DataFrame, prefix: Path) -> list[Path]:
         ppl_vs_fraction(table, prefix.with_name(prefix.name + "_ppl_vs_fraction.png")),
         accuracy_vs_speedup(table, prefix.with_name(prefix.name + "_accuracy_vs_speedup.png")),
         recovery_vs_fraction(table, prefix.with_name(prefix.name + "_recovery.png")),
+        *ppl_vs_share(table, prefix),
     ]
+    if "prune.depth_share" in table:
+        made.append(ppl_vs_speedup(table, prefix.with_name(prefix.name + "_ppl_vs_speedup.png")))
     return [p for p in made if p is not None]

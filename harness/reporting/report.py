@@ -71,6 +71,9 @@ def method_label(row: pd.Series) -> str:
     name = row.get("prune.name", "none")
     if name == "none" or pd.isna(name):
         return "Dense"
+    if name == "hybrid":  # depth then width: both criteria and the depth share
+        return (f"Hybrid {row.get('prune.depth_criterion')}+{row.get('prune.width_criterion')}, "
+                f"depth share {row.get('prune.depth_share'):g}")
     label = f"{name.capitalize()} {row.get('prune.criterion', '')}".strip()
     unit = row.get("prune.unit")
     label = f"{label} ({unit})" if isinstance(unit, str) and unit != "block" else label
@@ -207,6 +210,10 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
                     for f in (png, *vector_files(png))]
     if only is None:
         written += _write_matched_size(table, out)
+        from harness.reporting.figures import ppl_vs_speedup  # every experiment's points
+
+        png = ppl_vs_speedup(table, out / "pareto_ppl_vs_speedup.png")
+        written += [png, *vector_files(png)] if png else []
     return written
 
 
