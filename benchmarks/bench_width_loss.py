@@ -5,6 +5,7 @@ choose the same units.
     python benchmarks/bench_width_loss.py                      # SmolLM2-135M, LLM-Pruner's shape
     python benchmarks/bench_width_loss.py --unit q_head --layer-end -2   # the default layer range
     python benchmarks/bench_width_loss.py --tiny               # random 30-layer tiny Llama
+    python benchmarks/bench_width_loss.py --layer-start 20 --samples 4   # a quick look
 
 Taylor needs one forward and one backward over the calibration batch; `loss` reruns blocks
 i..L-1 once per attention unit of every pruned layer i (prefix cached, see
@@ -53,10 +54,13 @@ def main(argv=None) -> None:
     parser.add_argument("--layer-start", type=int, default=4)
     parser.add_argument("--layer-end", type=int, default=28)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="use only the first N calibration samples (a quick run)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, ids, label = load(args)
+    ids = ids[: args.samples] if args.samples else ids
     print(f"{label}: {ids.shape[0]} x {ids.shape[1]} calibration tokens, attn_unit={args.unit}, "
           f"layers [{args.layer_start}, {args.layer_end})")
     register_width(WidthCriterion("loss_reference", width_loss.measured_loss_scores_reference,
