@@ -198,3 +198,24 @@ def test_pipeline_scores_the_dense_model_once_across_shares(tiny_dir, text_file,
     back = Run(validate(_compose(_overrides(tmp_path / "h0.5" / "model", text_file, tmp_path))),
                tmp_path / "back", cache).execute()
     assert back[f"ppl/{text_file}"] == rows[0.5][f"ppl/{text_file}"]
+
+
+@pytest.mark.parametrize("kw", [
+    dict(width_criterion="flap", scope="global"),
+    dict(width_criterion="taylor", attn_unit="kv_group", depth_criterion="block_influence"),
+    dict(iterative=True, width_criterion="l2"),
+], ids=["flap_global", "kv_group_block_influence", "iterative_l2"])
+def test_other_criteria_and_options_keep_their_meaning(kw):
+    """Width and depth options pass through: share 0 is that width run, the mix is matched."""
+    a, b = model_("qwen2"), model_("qwen2")
+    plan = prune_hybrid(a, hybrid(ratio=0.3, depth_share=0.0, **kw), IDS)
+    width_kw = {k: v for k, v in kw.items() if k in ("scope", "attn_unit")}
+    width = prune_width(b, WidthPruneConfig(ratio=0.3, criterion=kw["width_criterion"],
+                                            layer_start=1, layer_end=-1, **width_kw), IDS)
+    assert plan["width"]["layers"] == width["layers"]
+    assert torch.equal(logits(a), logits(b))
+    mixed = model_("qwen2")
+    plan = prune_hybrid(mixed, hybrid(ratio=0.4, depth_share=0.5, **kw), IDS)
+    assert plan["depth"]["num_removed"] and plan["width"]
+    assert plan["depth"]["iterative"] == kw.get("iterative", False)
+    assert abs(plan["ratio_achieved"] - 0.4) <= 0.01
