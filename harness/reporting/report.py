@@ -99,6 +99,8 @@ def paper_table(part: pd.DataFrame) -> pd.DataFrame:
     pruned = part.get("prune/ratio_achieved", pd.Series(0.0, index=part.index))  # dense: 0
     out["Pruned %"] = (100 * pruned.fillna(0.0)).round(1)
     out["Params (M)"] = (part["params/total"] / 1e6).round(1)
+    if "prune/depth_share_achieved" in part:  # hybrid rows: the split as cut
+        out["Depth share (achieved)"] = part["prune/depth_share_achieved"].round(3)
     for col in [c for c in metric_columns(part) if c.startswith("ppl/")]:
         out[f"PPL {col.removeprefix('ppl/')}"] = part[col].round(2)
     for task, short in TASK_NAMES.items():
