@@ -133,14 +133,18 @@ def heads_zeroed_per_stream(out_proj, head_dim: int, heads: list[list[int]], row
         handle.remove()
 
 
-def _stacked(layer, states: list[torch.Tensor], kwargs: dict, rows: int) -> list[torch.Tensor]:
-    """`layer` applied to every state, in stacked chunks."""
-    out = []
-    for part in _chunks(len(states), rows):
-        x = torch.cat([states[k] for k in part]) if len(part) > 1 else states[part[0]]
-        y = layer(x, **_expand(kwargs, rows, len(part)))
-        out += list(y.split(rows)) if len(part) > 1 else [y]
-    return out
+def _run_chunks(layer, chunks: list[torch.Tensor], kwargs: dict, rows: int) -> None:
+    """`layer` applied in place to every chunk of stacked streams (`rows` rows per stream)."""
+    for c, x in enumerate(chunks):
+        chunks[c] = layer(x, **_expand(kwargs, rows, x.shape[0] // rows))
+
+
+def _append(chunks: list[torch.Tensor], y: torch.Tensor, rows: int) -> None:
+    """Add a chunk of new streams; joined once to the last chunk while both fit one batch."""
+    if chunks and chunks[-1].shape[0] + y.shape[0] <= max(rows, STREAM_BATCH):
+        chunks[-1] = torch.cat([chunks[-1], y])
+    else:
+        chunks.append(y)
 
 
 def _loss(model, hidden: torch.Tensor, ids: torch.Tensor) -> float:
@@ -162,11 +166,11 @@ def measured_loss_scores(ctx) -> None:
         return
     model, ids, adapter = ctx.model, ctx.calib, adapter_for(ctx.model)
     device, pruned, rows = compute_device(model), set(ctx.layers), ctx.calib.shape[0]
-    keys: list[tuple[int, int]] = []
-    states: list[torch.Tensor] = []
+    keys: list[tuple[int, int]] = []  # stream order: chunk by chunk, row block by row block
+    chunks: list[torch.Tensor] = []  # streams stacked along the batch axis, never re-stacked
 
     def advance(j, layer, kwargs, hidden_in):
-        states[:] = _stacked(layer, states, kwargs, rows)
+        _run_chunks(layer, chunks, kwargs, rows)
         if j in pruned:
             shape, out_proj = adapter.shape(layer), adapter.out_proj(layer, "attn")
             units = unit_heads(shape.n_q, shape.n_kv, ctx.unit)
@@ -175,7 +179,7 @@ def measured_loss_scores(ctx) -> None:
                 with heads_zeroed_per_stream(out_proj, shape.head_dim, heads, rows):
                     y = layer(hidden_in.repeat(len(part), 1, 1),
                               **_expand(kwargs, rows, len(part)))
-                states.extend(y.split(rows))
+                _append(chunks, y, rows)
                 keys.extend((j, u) for u in part)
 
     dense = None
@@ -183,6 +187,7 @@ def measured_loss_scores(ctx) -> None:
         dense = step[2]
     with head_on(model, device):
         base = _loss(model, dense, ids)
+        states = [h for x in chunks for h in x.split(rows)]
         losses = {key: _loss(model, h, ids) - base for key, h in zip(keys, states, strict=True)}
     ctx.out.calibration["loss"] = base
     for i in ctx.layers:
