@@ -126,7 +126,8 @@ def load_model(cfg: ModelConfig | str) -> tuple[torch.nn.Module, object | None]:
             source, dtype=dtype, attn_implementation=attn,
             trust_remote_code=cfg.trust_remote_code,
         )
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code,
+                                              config=hf_config)
     return model.to(device).eval(), tokenizer
 
 
