@@ -162,3 +162,28 @@ def test_export_command_writes_into_the_run_dir(tmp_path, capsys):
     assert export_main([str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "gemma3 graph" in err[0]
+
+
+@needs_llama
+def test_recovered_model_exports_with_its_lora_merged(tmp_path):
+    """A LoRA-recovered run dir holds the merged model; its GGUF has the merged weights."""
+    from harness.evaluation.engine import engine_perplexity as eng_ppl
+    from harness.recovery.methods.lora import LoraConfig, attach_lora, merge_lora
+
+    pruned = model_("llama", "attn_removed")
+    with torch.no_grad():
+        before = pruned(IDS[None, :64]).logits
+    peft = attach_lora(pruned, LoraConfig())
+    with torch.no_grad():
+        for n, p in peft.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    merged = merge_lora(peft)
+    with torch.no_grad():
+        assert (merged(IDS[None, :64]).logits - before).abs().max() > 0.1  # the adapters count
+    after = perplexity(merged, IDS, 32, progress=False)["ppl"]
+    run = tmp_path / "run"
+    save_model(merged, tiny_tokenizer(), run / "model")
+    assert export_main([str(run)]) == 0
+    got = eng_ppl(run / "export" / "model-f32.gguf", IDS, 32, None, threads=1)["ppl"]
+    assert abs(got / after - 1) < 0.005
