@@ -133,8 +133,19 @@ def test_vllm_block_configs_hold_depth_sublayers_and_kv_groups(tmp_path):
     assert out["blocks"] == 5 and cfg["qkv_bias"] is True
     with safe_open(str(tmp_path / "v" / "model.safetensors"), "pt") as f:
         names = set(f.keys())
+        shapes = {n: tuple(f.get_slice(n).get_shape()) for n in names}
     assert not any(n.startswith("model.layers.5.") for n in names)
     assert sum(".3.mlp." in n for n in names) == 0
+    hd = cfg["head_dim"]
+    for b, block in enumerate(blocks):  # every tensor as vLLM sizes it from the block config
+        layer = {n.split(f"layers.{b}.", 1)[1]: s for n, s in shapes.items()
+                 if f".layers.{b}." in n}
+        kv_rows = cfg["num_attention_heads"] // block["attention"]["n_heads_in_group"] * hd
+        assert layer["self_attn.q_proj.bias"] == (cfg["num_attention_heads"] * hd,)
+        assert layer["self_attn.k_proj.weight"][0] == layer["self_attn.v_proj.bias"][0] == kv_rows
+        if not block["ffn"]["no_op"]:
+            inter = block["ffn"]["intermediate_size"]
+            assert layer["mlp.up_proj.weight"][0] == layer["mlp.down_proj.weight"][1] == inter
 
 
 def test_vllm_refuses_uneven_query_heads():

@@ -3,11 +3,12 @@
 vLLM's DeciLM (`nemotron_nas.py`) reads `block_configs`, one per layer: `attention.no_op`,
 `attention.n_heads_in_group` (so KV heads may vary per layer), `ffn.no_op` and
 `ffn.intermediate_size`. It builds every attention with `config.num_attention_heads` query
-heads and one `attention_bias` / `mlp_bias` flag for all layers. So it holds: whole-block and
-attention-only / MLP-only depth pruning, KV-group width pruning, uneven MLP widths, and FLAP's
+heads and one `attention_bias` / `mlp_bias` flag for all layers. So it holds every model whose
+kept attention layers share one query-head count: dense, whole-block and attention-only /
+MLP-only depth pruning, uniform width, uneven MLP widths with attention uniform, and FLAP's
 output biases (the flag is set and absent biases are written as zeros, which changes nothing).
-It cannot hold query-head counts that differ between layers (q_head units, global or uneven
-attention pruning): the export refuses those in one line. Only Llama-layout families (Llama,
+It cannot hold query-head counts that differ between layers (global or per-layer attention
+pruning, q_head or kv_group units alike): the export refuses those in one line. Only Llama-layout families (Llama,
 Mistral without a sliding window, Qwen2 with its q/k/v biases) are written; vLLM's DeciLM uses
 HF's (NEOX) rope layout, so weights are copied as they are. Blocks with neither sublayer are
 dropped. The config class of `nemotron-nas` is remote code in the Hugging Face ecosystem
@@ -42,7 +43,7 @@ def block_configs(model) -> tuple[list[dict], dict]:
     heads = sorted({p.n_q for p in plans if p.attn})
     if len(heads) > 1:
         raise ExportError(f"vLLM's DeciLM has one query-head count for all layers; this model has "
-                          f"{heads} (prune KV groups, prune.attn_unit=kv_group, or use GGUF)")
+                          f"{heads} (uneven attention widths: use GGUF, or prune attention uniformly)")
     n_q = heads[0] if heads else cfg.num_attention_heads
     blocks = []
     for p in plans:
@@ -96,10 +97,11 @@ def write_vllm(model, tokenizer, out_dir: str | Path) -> dict:
     save_file({n: t.detach().contiguous().cpu() for n, t in state.items()},
               str(out / "model.safetensors"), metadata={"format": "pt"})
     config = model.config.to_dict()
-    for k in ("harness_layer_shapes", "harness_skip_attn", "harness_skip_mlp", "layer_types"):
+    for k in ("harness_layer_shapes", "harness_skip_attn", "harness_skip_mlp", "layer_types",
+              "num_key_value_heads", "intermediate_size"):  # per block in block_configs
         config.pop(k, None)
     config.update(fields, model_type="nemotron-nas", architectures=["DeciLMForCausalLM"],
-                  block_configs=blocks, num_key_value_heads=None, intermediate_size=None)
+                  block_configs=blocks)
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
