@@ -6,7 +6,7 @@ extra). Two measurements, each its own cache entry like every evaluation:
 
 - `engine/ppl/<source>`: PPL from llama.cpp's own logits on exactly the token windows of the HF
   evaluation (`perplexity.windows` of the same ids, the same BOS rule), so tokenizer differences
-  cannot enter; `windows_per_decode` windows go through one decode as separate sequences.
+  cannot enter; four windows go through one decode as separate sequences.
 - `engine/speed`: prefill and decode tokens/s at batch 1 and at `batch` sequences: a prompt of
   `prompt_len` tokens per sequence in one decode, then `gen_len` one-token steps per sequence
   (every step's logits computed, as when sampling); `warmup` untimed runs, median of `repeats`.
