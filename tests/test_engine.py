@@ -198,3 +198,14 @@ def test_recovered_model_exports_with_its_lora_merged(tmp_path):
     assert export_main([str(run)]) == 0
     got = eng_ppl(run / "export" / "model-f32.gguf", IDS, 32, None, threads=1)["ppl"]
     assert abs(got / after - 1) < 0.005
+
+
+def test_export_of_a_run_that_changed_no_model_reads_its_config(tmp_path, tiny_dir):
+    """A dense run dir has no model/: the export takes the model its config.yaml names."""
+    from harness.export.run import model_dir_of
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"model:\n  name: smollm2_135m\n  path: {tiny_dir}\n")
+    assert model_dir_of(run) == str(tiny_dir)
+    assert export_main([str(tmp_path / "missing")]) == 2
