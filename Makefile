@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 RUN_ARGS ?=
 REPORT_ARGS ?= --write
 
-.PHONY: run test setup assets lint report
+.PHONY: run test setup assets lint report engines
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ assets: setup
 
 run: assets
 	$(BIN)/harness experiment=quick $(RUN_ARGS)
+
+# llama.cpp (the `engines` extra) for eval.engine=llamacpp and its tests: built once from the
+# sdist with the system compiler (no prebuilt wheel loads on older glibc); pip caches the wheel.
+engines: setup
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || \
+	  CMAKE_ARGS="-DLLAVA_BUILD=OFF $(CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	  $(BIN)/python -m pip install --quiet -e ".[dev,engines]"
 
 test: assets
 	$(BIN)/python -m pytest -q

@@ -6,6 +6,7 @@ Examples:
     harness prune=depth prune.ratio=0.2       # remove ~20% of the parameters as whole blocks
     harness -m experiment=quick               # the README's default sweep
     harness report                            # the results table, grouped
+    harness export RUN_DIR --format gguf      # the run's model for llama.cpp (or vllm)
     harness cache verify                      # re-hash every cache entry, move bad ones aside
     harness cache gc                          # list entries no results row needs (--yes deletes)
 """
@@ -139,6 +140,14 @@ def run_experiment(cfg: DictConfig) -> dict:
     plan = run.pruned_dir / "prune_plan.json" if run.pruned_dir else None
     tracker.log_run_artifacts(key, row, run_dir, run.model_dir, plan)
     tracker.finish()
+    if cfg.export.format != "none":
+        from harness.export import ExportError
+        from harness.export.run import export_run
+
+        try:
+            log.info("exported %s", export_run(run_dir, cfg.export.format, cfg.export.dtype))
+        except ExportError as e:
+            fail(f"the row is written, but export={cfg.export.format} failed: {e}")
     log.info("run %s done: %s", key, run_dir)
     return metrics
 
@@ -148,6 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["report"]:
         raise SystemExit(report_main(argv[1:]))
+    if argv[:1] == ["export"]:
+        from harness.export.run import main as export_main
+
+        raise SystemExit(export_main(argv[1:]))
     if argv[:1] == ["cache"]:
         from harness.cache.tools import main as cache_main
 

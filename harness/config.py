@@ -23,6 +23,7 @@ from harness import CONF_DIR
 from harness.data.config import DataConfig
 from harness.distributed import launch_time
 from harness.evaluation.config import EvalConfig
+from harness.export.config import ExportConfig
 from harness.hydra_errors import close_matches
 from harness.keys import Keyed
 from harness.models.loader import ModelConfig
@@ -38,7 +39,7 @@ class Config(Keyed):
     """The whole run. Its determining parts make the run key (harness.identity)."""
 
     DETERMINING = ("model", "data", "prune", "recover", "eval")
-    NOT_DETERMINING = ("logger", "experiment", "results_dir", "cache_dir", "seed")
+    NOT_DETERMINING = ("logger", "experiment", "results_dir", "cache_dir", "seed", "export")
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -50,6 +51,7 @@ class Config(Keyed):
     results_dir: str = "results"
     cache_dir: str | None = None  # stage cache; None = <HARNESS_CACHE>/stages
     seed: int = 0  # unused by any stage (they have their own seeds); kept for old overrides
+    export: ExportConfig = field(default_factory=ExportConfig)  # engine files after the run
 
 
 # `${launch_time:FORMAT}` names run dirs (conf/config.yaml). Registered on import, so submitit
@@ -167,6 +169,7 @@ def validate(cfg: DictConfig) -> RunSpec:
     spec.data.validate()
     spec.eval.validate()
     spec.logger.validate()
+    obj.export.validate()
     spec.recover.validate()
     if spec.model.shape_only and spec.recover.name != "none":
         raise ValueError(f"{spec.model.name} has random weights: recovery on it is meaningless")

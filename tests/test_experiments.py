@@ -22,6 +22,8 @@ def test_every_sweep_cell_validates(experiment):
             gemma3_dir(fetch=False)
         except AssetError as e:
             pytest.skip(str(e))
+    if experiment == "engine_parity":  # validation requires llama.cpp (the engines extra)
+        pytest.importorskip("llama_cpp")
 
     from harness.cli import CONF_DIR
     from harness.config import register_configs

@@ -82,7 +82,7 @@ def test_every_field_of_every_config_is_declared_determining_or_not():
 def _specs(tiny_dir) -> list[tuple[str, RunSpec]]:
     model = ModelConfig(path=str(tiny_dir), dtype="float32")  # `auto` would follow the device
     hf = load_hf_config(model)
-    evals = EvalConfig(ppl_sources=["wiki_test", "c4_test"],
+    evals = EvalConfig(ppl_sources=["wiki_test", "c4_test"], engine="llamacpp",
                        zeroshot=ZeroShotConfig(enabled=True), speed=SpeedConfig(enabled=True))
 
     def spec(prune, recover=None, model=model, evaluation=evals):
@@ -250,7 +250,8 @@ def test_the_expectation_can_fail(tiny_dir):
     (_, spec), = [s for s in _specs(tiny_dir) if s[0] == "depth ppl"]
     changed = replace(spec, data=replace(spec.data, calib_seed=5))
     assert _expected(spec, changed) == {"importance", "pruned", "efficiency", "ppl/wiki_test",
-                                        "ppl/c4_test", "zeroshot", "speed"}
+                                        "ppl/c4_test", "zeroshot", "speed", "engine/speed",
+                                        "engine/ppl/wiki_test", "engine/ppl/c4_test"}
 
 
 def test_what_the_issue_named_does_not_retrain_or_add_rows(tiny_dir):

@@ -135,11 +135,42 @@ class SpeedConfig(Keyed):
         return self
 
 
+ENGINES = ("none", "llamacpp")
+ENGINE_DTYPES = ("f32", "f16", "q8_0")
+
+
+@dataclass
+class LlamaCppConfig(Keyed):
+    """llama.cpp settings of `eval.engine=llamacpp` (see `harness.evaluation.engine`): the GGUF
+    weight type (f32 for parity), threads for prefill and decode, the batched setting, and the
+    speed protocol (`speed=false` measures PPL only)."""
+
+    DETERMINING = ("dtype", "threads", "batch", "prompt_len", "gen_len", "warmup", "repeats",
+                   "speed")
+    NOT_DETERMINING = ()
+
+    dtype: str = "f32"
+    threads: int = 2
+    batch: int = 8
+    prompt_len: int = 128
+    gen_len: int = 64
+    warmup: int = 1
+    repeats: int = 3
+    speed: bool = True
+
+    def validate(self) -> LlamaCppConfig:
+        if self.dtype not in ENGINE_DTYPES:
+            raise ValueError(f"eval.llamacpp.dtype={self.dtype!r}; choose from {list(ENGINE_DTYPES)}")
+        for name in ("threads", "batch", "prompt_len", "gen_len", "repeats"):
+            _ints_at_least(name, [getattr(self, name)])
+        return self
+
+
 @dataclass
 class EvalConfig(Keyed):
     """What to measure on the final model. Perplexity follows PROTOCOL.md on each source."""
 
-    DETERMINING = ("ppl_sources", "seq_len", "zeroshot", "speed")
+    DETERMINING = ("ppl_sources", "seq_len", "zeroshot", "speed", "engine", "llamacpp")
     NOT_DETERMINING = ("batch_size",)
 
     ppl_sources: list[str] = field(default_factory=lambda: ["wiki_test", "c4_test"])
@@ -147,11 +178,16 @@ class EvalConfig(Keyed):
     batch_size: int = 8
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
+    engine: str = "none"  # llamacpp: also evaluate inside llama.cpp (harness/evaluation/engine.py)
+    llamacpp: LlamaCppConfig = field(default_factory=LlamaCppConfig)
 
     def key_fields(self) -> dict:
-        """Texts by what they hold (a local file by its bytes, see data.text.source_identity)."""
+        """Texts by what they hold (a local file by its bytes, see data.text.source_identity);
+        no engine, no engine fields (so rows from before engines keep their keys)."""
         out = super().key_fields()
         out["ppl_sources"] = [source_identity(s) for s in self.ppl_sources]
+        if self.engine in ("none", None):  # None: an empty cell of an older results row
+            del out["engine"], out["llamacpp"]
         return out
 
     def validate(self) -> None:
@@ -163,3 +199,12 @@ class EvalConfig(Keyed):
             self.zeroshot.validate()
         if self.speed.enabled:
             self.speed.validate()
+        if self.engine not in ENGINES:
+            raise ValueError(f"eval.engine={self.engine!r}; choose from {list(ENGINES)}")
+        if self.engine == "llamacpp":
+            self.llamacpp.validate()
+            import importlib.util
+
+            if importlib.util.find_spec("llama_cpp") is None:
+                raise ValueError("eval.engine=llamacpp needs llama-cpp-python: pip install "
+                                 "'width-vs-depth[engines]' (or `make engines`)")

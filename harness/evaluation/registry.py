@@ -44,7 +44,7 @@ class Evaluation:
 
 EVALUATIONS: Registry[Evaluation] = Registry("evaluation", "eval", builtins=(
     "harness.evaluation.efficiency", "harness.evaluation.speed",
-    "harness.evaluation.perplexity", "harness.evaluation.zeroshot"))
+    "harness.evaluation.perplexity", "harness.evaluation.zeroshot", "harness.evaluation.engine"))
 register = EVALUATIONS.register
 
 

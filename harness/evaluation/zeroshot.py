@@ -140,9 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     import argparse
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from harness.assets import smollm2_dir
+    from harness.models.loader import ModelConfig, load_model
 
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="HF model folder (default: SmolLM2-135M)")
@@ -153,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     path = args.model or smollm2_dir()
     cfg = ZeroShotConfig(True, args.tasks, args.convention, args.limit, args.batch_size).validate()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
-    metrics = evaluate_zeroshot(model, AutoTokenizer.from_pretrained(path), cfg)
+    model, tokenizer = load_model(ModelConfig(path=str(path), dtype="float32", device="cpu"))
+    metrics = evaluate_zeroshot(model, tokenizer, cfg)
     print(f"| metric (%, {cfg.convention}, limit={cfg.limit}) | value |\n|---|---|")
     for key, value in metrics.items():
         print(f"| {key} | {value:.2f} |" if isinstance(value, float) else f"| {key} | {value} |")

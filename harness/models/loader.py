@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from harness.io import atomic_dir
 from harness.keys import Keyed
@@ -94,7 +94,9 @@ def load_hf_config(cfg: ModelConfig):
     """The model's transformers config, without loading weights (for config-time validation)."""
     if cfg.shape_only:
         return shape_config(cfg.name)
-    config = AutoConfig.from_pretrained(model_source(cfg), trust_remote_code=cfg.trust_remote_code)
+    from harness.models.uneven import read_config
+
+    config = read_config(model_source(cfg), trust_remote_code=cfg.trust_remote_code)
     check_supported(config.model_type)
     return config
 
@@ -124,7 +126,8 @@ def load_model(cfg: ModelConfig | str) -> tuple[torch.nn.Module, object | None]:
             source, dtype=dtype, attn_implementation=attn,
             trust_remote_code=cfg.trust_remote_code,
         )
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code,
+                                              config=hf_config)
     return model.to(device).eval(), tokenizer
 
 
@@ -142,11 +145,11 @@ def check_loadable(model_dir: str | Path) -> None:
     weights are read): the check that a directory is a model before anyone may load it."""
     from safetensors import safe_open
 
-    from harness.models.uneven import build_skeleton
+    from harness.models.uneven import build_skeleton, read_config
 
     model_dir = Path(model_dir)
     try:
-        config = AutoConfig.from_pretrained(model_dir)
+        config = read_config(model_dir)
         files = sorted(model_dir.glob("*.safetensors"))
         if not files:
             raise ValueError("no safetensors files")
@@ -171,8 +174,11 @@ def check_loadable(model_dir: str | Path) -> None:
 def save_model(model, tokenizer, out_dir: str | Path, plan: dict | None = None) -> Path:
     """Write model (safetensors), tokenizer and `prune_plan.json` atomically into `out_dir`."""
     out = Path(out_dir)
+    from harness.models.uneven import mark_config_file
+
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
+        mark_config_file(tmp)  # stock loaders refuse what only the harness builds right
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if plan is not None:

@@ -10,6 +10,12 @@ After pruning, `record_layer_shapes(model)` writes the shapes into `model.config
     skeleton and loads the safetensors strictly (any missing, unexpected or mis-shaped tensor
     is an error; nothing is silently re-initialised).
 Uneven models support the default dynamic KV cache; a static cache (sized from the config) is not.
+
+Such a checkpoint (uneven shapes or removed sublayers) is saved with `model_type` = `MARKER` and
+the family in `harness_model_type` (`mark_config_file`), so stock `AutoConfig` /
+`AutoModelForCausalLM.from_pretrained` refuse it loudly ("model type `harness_pruned` ... not
+recognized") instead of loading random weights into the removed sublayers; `read_config` (every
+harness loader) restores the family. Older checkpoints with the stock model_type still load.
 """
 
 from __future__ import annotations
@@ -22,11 +28,59 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 from transformers.initialization import no_init_weights
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from harness.models.adapters import adapter_for
 
 KEY = "harness_layer_shapes"
 SKIP_KEYS = {"attn": "harness_skip_attn", "mlp": "harness_skip_mlp"}  # depth-removed sublayers
+
+
+MARKER = "harness_pruned"  # a model_type no stock library knows
+BASE_KEY = "harness_model_type"
+NOTE = ("saved by the width-vs-depth harness with removed sublayers or per-layer shapes that stock "
+        "transformers cannot build: load it with harness.models.loader.load_model(path) or "
+        "harness.models.uneven.load_uneven(path)")
+
+
+def needs_marker(config) -> bool:
+    """True for configs whose checkpoint a stock class would load wrongly or not at all."""
+    return any(getattr(config, k, None) for k in (KEY, *SKIP_KEYS.values()))
+
+
+def mark_config_file(model_dir) -> bool:
+    """Rewrite `model_dir/config.json` with the harness model_type when the checkpoint needs the
+    harness loader (True if it did)."""
+    path = Path(model_dir) / "config.json"
+    raw = json.loads(path.read_text())
+    if raw.get("model_type") == MARKER or not any(raw.get(k) for k in (KEY, *SKIP_KEYS.values())):
+        return False
+    raw[BASE_KEY] = raw["model_type"]
+    raw["model_type"] = MARKER
+    raw["architectures"] = ["HarnessPrunedForCausalLM"]
+    raw["harness_note"] = NOTE
+    path.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    return True
+
+
+def raw_config(model_dir) -> dict:
+    """config.json as plain JSON with the family's own model_type restored."""
+    raw = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    if isinstance(raw, dict) and raw.get("model_type") == MARKER:
+        raw = {k: v for k, v in raw.items() if k not in ("harness_note", "architectures")}
+        raw["model_type"] = raw.pop(BASE_KEY, None)
+    return raw
+
+
+def read_config(model_dir, **kwargs):
+    """`AutoConfig.from_pretrained`, also for checkpoints saved with the harness model_type."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file() or json.loads(path.read_text(encoding="utf-8")).get("model_type") != MARKER:
+        return AutoConfig.from_pretrained(model_dir, **kwargs)  # stock, hub ids, old checkpoints
+    raw = raw_config(model_dir)
+    if raw.get("model_type") not in CONFIG_MAPPING:
+        raise ValueError(f"{path}: {BASE_KEY}={raw.get('model_type')!r} is not a known family")
+    return CONFIG_MAPPING[raw["model_type"]].from_dict(raw)
 
 
 def renumber_cache_indices(model) -> None:
@@ -154,7 +208,7 @@ def load_uneven(
 ):
     """Build the skeleton described by `model_dir`'s config and load its weights strictly."""
     model_dir = Path(model_dir)
-    config = AutoConfig.from_pretrained(model_dir)
+    config = read_config(model_dir)
     model = build_skeleton(config, dtype=dtype, attn_implementation=attn_implementation)
     sd = _read_state_dict(model_dir)
     groups: dict[int, list[str]] = {}  # tied parameters share one id and need one stored name

@@ -40,7 +40,7 @@ def check_model(cfg) -> tuple[object, int]:
 
 
 def _check_model_dir(model_dir: Path, key: str, cfg) -> tuple[object, int]:
-    from transformers import AutoConfig
+    from harness.models.uneven import raw_config, read_config
 
     if not model_dir.is_dir():
         raise InputError(f"{key} is not a directory: give a Hugging Face model directory")
@@ -48,7 +48,7 @@ def _check_model_dir(model_dir: Path, key: str, cfg) -> tuple[object, int]:
     if not config_file.is_file():
         raise InputError(f"{key} has no config.json: point it at a Hugging Face model directory")
     try:
-        raw = json.loads(config_file.read_text(encoding="utf-8"))
+        raw = raw_config(model_dir)
     except (ValueError, UnicodeDecodeError) as e:
         raise InputError(f"{key}: config.json is not valid JSON ({first_line(e)}): "
                          "repair or re-download it") from None
@@ -57,7 +57,7 @@ def _check_model_dir(model_dir: Path, key: str, cfg) -> tuple[object, int]:
     except ValueError as e:
         raise InputError(f"{key}: {e}") from None
     try:
-        hf_config = AutoConfig.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
+        hf_config = read_config(model_dir, trust_remote_code=cfg.trust_remote_code)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds here
         raise InputError(f"{key}: config.json is not a usable model config ({first_line(e)})"
                          ) from None
