@@ -221,7 +221,7 @@ def count_tokens(cfg, tokenizer, cache) -> int:
     from harness.keys import config_key
 
     key = corpus_key(cfg, tokenizer)
-    if cache.has("corpus", config_key(key)):
+    if cache.intact("corpus", config_key(key)):  # a damaged one is moved aside, redone
         return int(cache.meta("corpus", config_key(key))["meta"]["tokens"])
     source = str(cfg.data)
     if source == "wiki_train" or (not is_hub(source) and sum(

@@ -22,6 +22,8 @@ from harness.data import protocol
 from harness.data.protocol import EVAL_SEQ_LEN
 from harness.io import write_text_atomic
 from harness.reporting.captions import caption, regenerate_commands
+from harness.reporting.differ import differing
+from harness.reporting.differ import short as key_name
 from harness.reporting.seeds import has_repeats, mean_std, seed_groups
 from harness.tracking.results import by_experiment, read_table
 
@@ -106,6 +108,8 @@ def paper_table(part: pd.DataFrame) -> pd.DataFrame:
     speed = [c for c in part.columns if c.endswith("/bs1/out128/decode_ms")]
     for col in speed:
         out[f"decode ms ({col.split('/')[1]}, bs1)"] = part[col].round(2)
+    for col in differing(part):  # every key that differs between rows, never hidden
+        out[key_name(col)] = part[col]
     order = ["Pruned %", "Method", "Recovery"]
     out = out.dropna(axis=1, how="all").sort_values(order)
     if has_repeats(part):  # one row per setting: mean ± std over calibration seeds, and n
