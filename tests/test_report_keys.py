@@ -51,3 +51,30 @@ def test_table_shows_differing_keys_and_caption_names_lr_budget_world():
     assert "recovery budget 8192 tokens" in text and "cpt: full lr 0.0001/0.001" in text
     assert "lora: LoRA lr 0.0001" in text and "world size 1" in text
     assert "rows differ in lr" in text
+
+
+def test_curves_one_figure_per_ratio_and_tokens_to_recover(tmp_path):
+    from harness.reporting.report import write_report
+    from harness.tracking.results import upsert_row
+
+    base = {"experiment": "curves", "model": "smollm2_135m", "prune.name": "depth",
+            "prune.criterion": "ppl", "prune/ratio_achieved": 0.2, "params/total": 1e8,
+            "recover.tokens": 4096, "recover.lr": 1e-4, "recover.lora_lr": 1e-4,
+            "ppl/wiki_test": 50.0}
+    logs = {"lora": [90.0, 80.0, 70.0, 65.0], "cpt": [90.0, 60.0, 50.0, 45.0]}
+    for ratio in (0.2, 0.35):
+        for method, ppl in logs.items():
+            run = tmp_path / f"run-{ratio}-{method}"
+            run.mkdir()
+            pd.DataFrame({"step": [0, 4, 8, 12], "tokens_seen": [0, 1024, 2048, 3072],
+                          "eval_loss": 0.0, "eval_ppl": [p * (1 + ratio) for p in ppl],
+                          "phase": method}).to_csv(run / "eval_log.csv", index=False)
+            upsert_row(tmp_path, {**base, "run_key": f"{ratio}-{method}", "prune.ratio": ratio,
+                                  "recover.name": method, "run_dir": str(run)})
+    files = {p.name for p in write_report(tmp_path)}
+    assert {"curves_curves_0.2.png", "curves_curves_0.35.png"} <= files
+    md = (tmp_path / "curves.md").read_text()
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in md.splitlines()]
+    table = [r for r in cells if r and r[0] == "20"]
+    # target at 20%: LoRA's final 65 x 1.2 = 78; CPT is below it at 1,024 tokens, LoRA at 3,072
+    assert [(r[2], r[5], r[6]) for r in table if len(r) == 8] == [("cpt", "78", "1024"), ("lora", "78", "3072")]

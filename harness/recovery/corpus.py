@@ -212,6 +212,7 @@ def prepare(cfg, tokenizer, cache) -> Prepared:
 
 
 COUNT_IN_MEMORY_BYTES = 256 << 20  # below this, validation counts tokens without writing
+_counted: dict[str, int] = {}  # corpus key -> tokens counted in memory, per process
 
 
 def count_tokens(cfg, tokenizer, cache) -> int:
@@ -224,9 +225,13 @@ def count_tokens(cfg, tokenizer, cache) -> int:
     if cache.intact("corpus", config_key(key)):  # a damaged one is moved aside, redone
         return int(cache.meta("corpus", config_key(key))["meta"]["tokens"])
     source = str(cfg.data)
+    if config_key(key) in _counted:
+        return _counted[config_key(key)]
     if source == "wiki_train" or (not is_hub(source) and sum(
             p.stat().st_size for p in shard_files(source)) < COUNT_IN_MEMORY_BYTES):
-        return sum(chunk.size for chunk in token_stream(documents(cfg), tokenizer))
+        count = sum(chunk.size for chunk in token_stream(documents(cfg), tokenizer))
+        _counted[config_key(key)] = count
+        return count
     return prepare(cfg, tokenizer, cache).tokens
 
 

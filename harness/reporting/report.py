@@ -184,6 +184,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
                  only: str | None = None) -> list[Path]:
     """Write tables and figures of every experiment in the results table (or `only` one);
     returns the files."""
+    from harness.reporting.curves import curve_figures, curves_markdown
     from harness.reporting.figures import experiment_figures, vector_files
 
     table = read_table(results_dir)
@@ -198,6 +199,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
             continue
         paper, cap = paper_table(part), caption(part, experiment)
         md = f"**{experiment}.** {cap}\n\n{paper.to_markdown(index=False)}\n"
+        md += curves_markdown(part)  # recovery runs with a held-out curve (eval_every)
         tex = paper.to_latex(index=False, caption=cap.replace("_", r"\_"),
                              label=f"tab:{experiment}", float_format="%.2f")
         for suffix, text in ((".md", md), (".tex", tex), (".csv", paper.to_csv(index=False))):
@@ -207,7 +209,8 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
             text = f"**{experiment}, both metric conventions.** {cap}\n\n" \
                 f"{conventions.to_markdown(index=False)}\n"
             written.append(write_text_atomic(out / f"{experiment}_conventions.md", text))
-        written += [f for png in experiment_figures(part, out / experiment)
+        written += [f for png in [*experiment_figures(part, out / experiment),
+                                  *curve_figures(part, out / experiment)]
                     for f in (png, *vector_files(png))]
     if only is None:
         written += _write_matched_size(table, out)
