@@ -221,7 +221,7 @@ def schedule_args(cfg, max_steps: int) -> dict:
 
 def training_args(
     cfg, out_dir: str | Path, *, lr: float, max_steps: int, report_to: str | list[str] = "none",
-    eval_steps: int = 0,
+    eval_steps: int = 0, eval_on_start: bool = False,
 ) -> TrainingArguments:
     """AdamW (fused on CUDA), warmup + cosine, bf16 on GPU; checkpoints every `save_steps`
     steps when set (else only on `SaveEvery`'s clock), the last complete one kept
@@ -242,6 +242,9 @@ def training_args(
         **schedule_args(cfg, max_steps),
         eval_strategy="steps" if eval_steps else "no",
         eval_steps=eval_steps or None,
+        # the curve's first point (0 tokens), inside train() once the model is wrapped: an
+        # evaluate() before train() would leave DDP unwrapped and its ranks unsynchronised
+        eval_on_start=eval_on_start,
         per_device_eval_batch_size=cfg.batch_size,
         prediction_loss_only=True,
         warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of max_steps
@@ -305,7 +308,7 @@ def train_phase(
     trainer = trainer_cls(
         model=model,
         args=training_args(cfg, out, lr=lr, max_steps=max_steps, report_to=report_to,
-                           eval_steps=eval_steps),
+                           eval_steps=eval_steps, eval_on_start=bool(eval_steps) and not resume),
         train_dataset=dataset,
         eval_dataset=eval_dataset if eval_steps else None,
         data_collator=default_data_collator,
@@ -318,8 +321,6 @@ def train_phase(
     if skeleton is not None and not trainer.is_fsdp_enabled:
         raise RuntimeError(f"recover.fsdp={cfg.fsdp}: accelerate did not enable FSDP here")
     start = time.perf_counter()
-    if eval_steps and not resume:
-        trainer.evaluate()  # the curve's first point: the model as it starts (0 tokens)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     elapsed = time.perf_counter() - start
     if skeleton is not None:
