@@ -153,3 +153,31 @@ def test_constant_schedule_curve_point_equals_a_separate_run(corpora, tmp_path):
     point = next(r for r in long if r["step"] == 4)
     assert point["eval_loss"] == pytest.approx(short[-1]["eval_loss"], rel=1e-5)
     assert cfg(one, schedule="wsd").key_fields()["decay_ratio"] == 0.2
+
+
+def test_killed_run_resumes_at_the_same_example_with_the_same_curves(corpora, tmp_path):
+    """A run killed after step 5 resumes from its step-4 checkpoint: the loss and held-out
+    curves equal an uninterrupted run's (same examples in the same order), without a repeated
+    point."""
+    from test_recovery import CrashAt
+
+    one, _ = corpora
+    tok = tiny_tokenizer()
+    cache = StageCache(tmp_path / "cache")
+    run = cfg(one, tokens=SEQ * BS * 8, save_steps=2, eval_every=SEQ * BS * 3,
+              eval_data=str(one), eval_tokens=SEQ * 4)
+    recover(tiny_model(seed=0), run, None, tmp_path / "ref", tokenizer=tok, cache=cache)
+    with pytest.raises(KeyboardInterrupt):
+        recover(tiny_model(seed=0), run, None, tmp_path / "cut", tokenizer=tok, cache=cache,
+                callbacks=[CrashAt("cpt", 5)])
+    _, metrics = recover(tiny_model(seed=0), run, None, tmp_path / "cut", tokenizer=tok,
+                         cache=cache)
+    assert metrics["recover/cpt/resumed_from_step"] == 4
+    names = ("step", "tokens_seen", "eval_loss", "eval_ppl")
+    for log, fields in (("train_log.csv", ("step", "loss", "lr", "tokens_seen")),
+                        (EVAL_LOG, names)):
+        a, b = (read_log(tmp_path / d / log, fields) for d in ("ref", "cut"))
+        assert [r["step"] for r in a] == [r["step"] for r in b]
+        for x, y in zip(a, b, strict=True):
+            for k in fields:
+                assert x[k] == pytest.approx(y[k], rel=1e-5), (log, k, x, y)
