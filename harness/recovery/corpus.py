@@ -10,7 +10,8 @@
 Documents arrive through `datasets.load_dataset(..., streaming=True)`, one at a time, in order;
 each is tokenized without special tokens and documents are joined by the separator's tokens as
 they stand between two documents joined with "\n\n", which is the protocol's joined
-tokenization for byte-level BPE tokenizers (SmolLM2 on wiki_train: all 430,593 ids equal). The
+tokenization for byte-level BPE tokenizers (SmolLM2 on wiki_train: all 430,593 ids equal).
+wiki_train itself is tokenized joined, as the protocol says, for every tokenizer. The
 ids go straight to `tokens.bin` (uint16 when the vocabulary fits, else uint32) in a stage-cache
 entry `corpus/<key>` keyed by the data's content (`corpus_identity`) and the tokenizer's
 (`tokenizer_identity`); one process prepares a key (rank 0, under the key's lock) and every
@@ -169,6 +170,16 @@ def token_stream(docs: Iterator[str], tokenizer) -> Iterator[np.ndarray]:
         yield flush()
 
 
+def _protocol_ids(cfg, tokenizer) -> list[np.ndarray] | None:
+    """wiki_train exactly as the protocol tokenizes it (joined, once: 430,593 SmolLM2 ids), so
+    every tokenizer, SentencePiece ones too, trains on the stream its earlier results did."""
+    if str(cfg.data) != "wiki_train":
+        return None
+    from harness.data.text import token_ids
+
+    return [token_ids("wiki_train", tokenizer).numpy()]
+
+
 def token_dtype(tokenizer) -> np.dtype:
     return np.dtype(np.uint16 if len(tokenizer) <= 2**16 else np.uint32)
 
@@ -177,8 +188,9 @@ def write_tokens(cfg, tokenizer, out_dir: Path) -> dict:
     """Tokenize the corpus into `out_dir/tokens.bin`; return its metadata."""
     dtype = token_dtype(tokenizer)
     count = 0
+    chunks = _protocol_ids(cfg, tokenizer) or token_stream(documents(cfg), tokenizer)
     with open(out_dir / TOKENS, "wb") as f:
-        for chunk in token_stream(documents(cfg), tokenizer):
+        for chunk in chunks:
             f.write(chunk.astype(dtype).tobytes())
             count += chunk.size
     if count == 0:
@@ -229,7 +241,8 @@ def count_tokens(cfg, tokenizer, cache) -> int:
         return _counted[config_key(key)]
     if source == "wiki_train" or (not is_hub(source) and sum(
             p.stat().st_size for p in shard_files(source)) < COUNT_IN_MEMORY_BYTES):
-        count = sum(chunk.size for chunk in token_stream(documents(cfg), tokenizer))
+        chunks = _protocol_ids(cfg, tokenizer) or token_stream(documents(cfg), tokenizer)
+        count = sum(chunk.size for chunk in chunks)
         _counted[config_key(key)] = count
         return count
     return prepare(cfg, tokenizer, cache).tokens
