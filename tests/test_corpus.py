@@ -46,6 +46,14 @@ def corpora(tmp_path):
     return one, shards
 
 
+@pytest.fixture
+def held(tmp_path):
+    """Held-out text for the curves: other documents than the training corpus's."""
+    path = tmp_path / "held.txt"
+    path.write_text("\n\n".join(d.replace("Doc", "Held") for d in DOCS[::-7]))
+    return path
+
+
 def test_shards_give_the_one_file_token_stream_and_loss_curve(corpora, tmp_path):
     one, shards = corpora
     tok = tiny_tokenizer()
@@ -109,12 +117,12 @@ def test_budget_above_the_corpus_is_refused_unless_allowed(corpora, tmp_path):
     assert ok.key_fields() == big.key_fields()  # permission, not a different result
 
 
-def test_held_out_curve_is_logged_and_does_not_change_training(corpora, tmp_path):
+def test_held_out_curve_is_logged_and_does_not_change_training(corpora, held, tmp_path):
     one, _ = corpora
     tok = tiny_tokenizer()
     cache = StageCache(tmp_path / "cache")
     plain = cfg(one, tokens=SEQ * BS * 7)
-    curve = cfg(one, tokens=SEQ * BS * 7, eval_every=SEQ * BS * 3, eval_data=str(one),
+    curve = cfg(one, tokens=SEQ * BS * 7, eval_every=SEQ * BS * 3, eval_data=str(held),
                 eval_tokens=SEQ * 6)
     assert "eval_every" not in plain.key_fields() and curve.key_fields()["eval_every"]
     m0, _ = recover(tiny_model(seed=0), plain, None, tmp_path / "plain", tokenizer=tok,
@@ -127,22 +135,22 @@ def test_held_out_curve_is_logged_and_does_not_change_training(corpora, tmp_path
                                                      "eval_ppl"))
     assert [int(r["step"]) for r in rows] == [0, 3, 6, 7]
     assert [int(r["tokens_seen"]) for r in rows] == [0, 3 * SEQ * BS, 6 * SEQ * BS, 7 * SEQ * BS]
-    held = pack(token_ids(str(one), tok)[: 6 * SEQ], SEQ).input_ids
+    windows = pack(token_ids(str(held), tok)[: 6 * SEQ], SEQ).input_ids
     with torch.no_grad():
-        final = m1.eval()(held, labels=held).loss.item()
+        final = m1.eval()(windows, labels=windows).loss.item()
     assert rows[-1]["eval_loss"] == pytest.approx(final, rel=1e-4)
     assert rows[-1]["eval_ppl"] == pytest.approx(math.exp(final), rel=1e-4)
     assert rows[-1]["eval_loss"] < rows[0]["eval_loss"]
 
 
-def test_constant_schedule_curve_point_equals_a_separate_run(corpora, tmp_path):
+def test_constant_schedule_curve_point_equals_a_separate_run(corpora, held, tmp_path):
     """schedule=constant, no warmup, corpus order: the point at 4 steps of an 8-step run is
     the model a separate 4-step run ends with (cosine would not agree: its lr depends on the
     budget)."""
     one, _ = corpora
     tok = tiny_tokenizer()
     cache = StageCache(tmp_path / "cache")
-    same = dict(schedule="constant", shuffle=False, eval_every=SEQ * BS * 4, eval_data=str(one),
+    same = dict(schedule="constant", shuffle=False, eval_every=SEQ * BS * 4, eval_data=str(held),
                 eval_tokens=SEQ * 4)
     recover(tiny_model(seed=0), cfg(one, tokens=SEQ * BS * 8, **same), None, tmp_path / "long",
             tokenizer=tok, cache=cache)
@@ -155,7 +163,7 @@ def test_constant_schedule_curve_point_equals_a_separate_run(corpora, tmp_path):
     assert cfg(one, schedule="wsd").key_fields()["decay_ratio"] == 0.2
 
 
-def test_killed_run_resumes_at_the_same_example_with_the_same_curves(corpora, tmp_path):
+def test_killed_run_resumes_at_the_same_example_with_the_same_curves(corpora, held, tmp_path):
     """A run killed after step 5 resumes from its step-4 checkpoint: the loss and held-out
     curves equal an uninterrupted run's (same examples in the same order), without a repeated
     point."""
@@ -165,7 +173,7 @@ def test_killed_run_resumes_at_the_same_example_with_the_same_curves(corpora, tm
     tok = tiny_tokenizer()
     cache = StageCache(tmp_path / "cache")
     run = cfg(one, tokens=SEQ * BS * 8, save_steps=2, eval_every=SEQ * BS * 3,
-              eval_data=str(one), eval_tokens=SEQ * 4)
+              eval_data=str(held), eval_tokens=SEQ * 4)
     recover(tiny_model(seed=0), run, None, tmp_path / "ref", tokenizer=tok, cache=cache)
     with pytest.raises(KeyboardInterrupt):
         recover(tiny_model(seed=0), run, None, tmp_path / "cut", tokenizer=tok, cache=cache,

@@ -122,6 +122,9 @@ class RecoverConfig(Keyed):
             (self.eval_data not in ("wiki_test", "c4_test"),
              f"recover.eval_data={self.eval_data} is a test split: the curve must not see the "
              "final rows' text (c4_calib, or a held-out file of yours)"),
+            (not self.eval_every or self.eval_data != self.data,
+             f"recover.eval_data={self.eval_data} is the training corpus: the curve needs "
+             "held-out text (c4_calib, or a slice of your corpus kept out of recover.data)"),
             (self.prompt_template in TEMPLATES,
              f"recover.prompt_template must be one of {TEMPLATES}, got {self.prompt_template!r}"),
             (self.save_steps >= 0, f"recover.save_steps must be >= 0, got {self.save_steps}"),
