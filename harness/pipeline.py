@@ -25,7 +25,7 @@ from harness.keys import config_key
 from harness.models.loader import ModelConfig, load_model, save_model
 from harness.pruning import methods as pruning
 from harness.recovery.registry import METHODS
-from harness.recovery.trainer import LOG_NAME
+from harness.recovery.trainer import EVAL_LOG, LOG_NAME
 
 
 class Run:
@@ -118,6 +118,8 @@ class Run:
                 raise RuntimeError(f"recovered entry {key} vanished while this run used it")
             save_model(trained["model"], self.tokenizer, tmp / "model")  # refuses incomplete
             shutil.copy2(work / LOG_NAME, tmp / LOG_NAME)
+            if (work / EVAL_LOG).exists():  # the held-out curve (recover.eval_every)
+                shutil.copy2(work / EVAL_LOG, tmp / EVAL_LOG)
             return {"metrics": trained["metrics"]}
 
         path, entry = on_main(lambda: self.cache.get_or_compute(
@@ -136,15 +138,16 @@ class Run:
         model = self._load(self._at(start_dir, load) if start_dir else load)
         teacher = load_model(load)[0] if "teacher" in METHODS.get(cfg.name).needs else None
         return recover(model, cfg, None, work, teacher=teacher, tokenizer=self.tokenizer,
-                       report_to=self.report_to, callbacks=self.callbacks)
+                       report_to=self.report_to, callbacks=self.callbacks, cache=self.cache)
 
     def _finish(self, model_dir: Path | None, metrics: dict) -> dict:
         """Rank 0: expose the final model and its training curve in the run dir, evaluate."""
         self.model_dir = model_dir
         if model_dir is not None:
             link_tree(model_dir, self.run_dir / "model")
-            if (model_dir.parent / LOG_NAME).exists():
-                shutil.copy2(model_dir.parent / LOG_NAME, self.run_dir / LOG_NAME)
+            for log in (LOG_NAME, EVAL_LOG):
+                if (model_dir.parent / log).exists():
+                    shutil.copy2(model_dir.parent / log, self.run_dir / log)
         metrics.update(self._evaluate(model_dir))
         metrics.update({f"time/{k}_s": round(v, 3) for k, v in self.times.items()})
         metrics["model/shape_only"] = self.spec.model.shape_only

@@ -279,6 +279,25 @@ CASES = [
      "is a .json file"),
     ("train_on_test_split", lambda w: ["recover=lora", "recover.tokens=4096",
                                        "recover.data=wiki_test"], "is a test split"),
+    # a budget above the corpus: refused with both numbers unless recover.epochs_ok=true
+    ("tokens_above_corpus", lambda w: ["recover=cpt", f"recover.data={w['corpus.txt']}",
+                                       "recover.tokens=8192", "recover.seq_len=32"],
+     "recover.tokens=8192 is above the corpus"),
+    ("tokens_above_wiki_train", lambda w: ["recover=lora", "recover.tokens=100000000"],
+     "recover.data=wiki_train holds"),
+    ("train_dir_no_shards", lambda w: ["recover=lora", "recover.tokens=4096",
+                                       f"recover.data={w['dir.txt']}"], "holds no .txt/.jsonl"),
+    ("eval_on_test_split", lambda w: ["recover=lora", "recover.tokens=4096",
+                                      "recover.eval_every=1024", "recover.eval_data=c4_test"],
+     "recover.eval_data=c4_test is a test split"),
+    ("train_hub_offline", lambda w: ["recover=cpt", "recover.tokens=4096",
+                                     "recover.data=hf:no-such-org/no-such-corpus"],
+     "recover.data: hf:no-such-org/no-such-corpus:train cannot be loaded"),
+    ("eval_on_training_data", lambda w: ["recover=lora", "recover.tokens=4096",
+                                         "recover.eval_every=1024",
+                                         "recover.eval_data=wiki_train"], "is the training corpus"),
+    ("bad_schedule", lambda w: ["recover=cpt", "recover.tokens=4096",
+                                "recover.schedule=linear"], "recover.schedule must be one of"),
     ("run_dir_unwritable", lambda w: ["hydra.run.dir=/proc/harness_run"],
      "cannot create /proc/harness_run"),
     ("sweep_dir_unwritable", lambda w: ["-m", "hydra.sweep.dir=/proc/harness_sweep"],
@@ -385,7 +404,8 @@ def test_ctrl_c_exits_130_in_one_line_and_the_rerun_resumes(w, tmp_path):
 
     cmd = [sys.executable, "-m", "harness", *_base(w, tmp_path), "recover=cpt",
            "recover.tokens=65536", "recover.seq_len=32", "recover.batch_size=4",
-           f"recover.data={w['corpus.txt']}", "recover.save_steps=20", "recover.disable_tqdm=true"]
+           f"recover.data={w['corpus.txt']}", "recover.save_steps=20", "recover.disable_tqdm=true",
+           "recover.epochs_ok=true"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     marker = "work/*/cpt/checkpoint-*/COMPLETE"  # a checkpoint the rerun can resume from

@@ -109,6 +109,10 @@ def _specs(tiny_dir) -> list[tuple[str, RunSpec]]:
                                                    width_criterion="flap", scope="global"))))
     out += [(f"recover {m.name}", spec(depth, settings(m.name, tokens=4096, bf16="false")))
             for m in METHODS if m.phases]
+    # fields that matter only in some settings: wsd's decay, the held-out curve's text
+    out += [(f"recover {m.name} wsd curve", spec(depth, settings(
+        m.name, tokens=4096, bf16="false", schedule="wsd", eval_every=1024)))
+        for m in METHODS if m.phases]
     return out
 
 

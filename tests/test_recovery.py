@@ -407,7 +407,8 @@ def test_alpaca_labels_cover_only_the_response(tmp_path):
 
     path = tmp_path / "alpaca.json"
     path.write_text(json.dumps(RECORDS))
-    cfg = make_cfg("lora", data=str(path), seq_len=64, batch_size=3, tokens=64 * 3 * 2)
+    cfg = make_cfg("lora", data=str(path), seq_len=64, batch_size=3, tokens=64 * 3 * 2,
+                   epochs_ok=True)  # 6 examples from 3 records: twice over
     _, metrics = recover(tiny_model(seed=0), cfg, None, tmp_path / "run", tokenizer=tok)
     assert metrics["recover/steps"] == 2
     assert metrics["recover/tokens_seen"] == 2 * int(ex.attention_mask.sum())  # non-pad tokens

@@ -4,7 +4,8 @@ Everything ends up as `Examples`: `input_ids`, `labels` and `attention_mask` ten
 [n, seq_len]. Plain text is packed (every position is a target); instruction data is one padded
 example per record, with the prompt and the padding masked out of the labels (-100).
 `CyclicDataset` hands a Trainer exactly `count` examples starting at `start`, wrapping around
-when the corpus is smaller than the token budget.
+when the corpus is smaller than the token budget. Text corpora (wiki_train, files, shards, the
+hub) go through `corpus.py` instead: tokenized once into a cached memory-mapped file.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ class Examples:
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
+
+    def __getitem__(self, j: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids[j], "labels": self.labels[j],
+                "attention_mask": self.attention_mask[j]}
 
 
 def budget_slice(ids: torch.Tensor, tokens: int) -> torch.Tensor:
@@ -137,9 +142,10 @@ def load_examples(
 
 
 class CyclicDataset(Dataset):
-    """`count` examples starting at `start`, wrapping around the corpus."""
+    """`count` examples starting at `start`, wrapping around the corpus (`Examples` in memory or
+    a memory-mapped `corpus.PackedCorpus`); validation refuses a wrap the user did not allow."""
 
-    def __init__(self, examples: Examples, start: int = 0, count: int | None = None):
+    def __init__(self, examples, start: int = 0, count: int | None = None):
         self.examples, self.start = examples, start
         self.count = len(examples) if count is None else count
 
@@ -149,10 +155,4 @@ class CyclicDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if not 0 <= i < self.count:
             raise IndexError(i)
-        j = (self.start + i) % len(self.examples)
-        ex = self.examples
-        return {
-            "input_ids": ex.input_ids[j],
-            "labels": ex.labels[j],
-            "attention_mask": ex.attention_mask[j],
-        }
+        return self.examples[(self.start + i) % len(self.examples)]

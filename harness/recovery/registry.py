@@ -38,6 +38,7 @@ class PhaseContext:
     report_to: str | list[str] = "none"
     callbacks: list = field(default_factory=list)
     teacher: nn.Module | None = None
+    eval_dataset: object = None  # held-out windows for the curve (recover.eval_every > 0)
 
 
 @dataclass(frozen=True)

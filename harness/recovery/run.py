@@ -15,11 +15,13 @@ from pathlib import Path
 
 import torch
 
+from harness.data.text import token_ids
 from harness.distributed import on_main, world_size
 from harness.recovery.config import RecoverConfig
-from harness.recovery.data import CyclicDataset, load_examples
+from harness.recovery.corpus import PackedCorpus, prepare
+from harness.recovery.data import CyclicDataset, load_examples, pack
 from harness.recovery.registry import METHODS, PhaseContext
-from harness.recovery.trainer import LOG_NAME, read_log
+from harness.recovery.trainer import EVAL_FIELDS, EVAL_LOG, LOG_NAME, read_log
 
 
 def phases(cfg: RecoverConfig) -> list[str]:
@@ -67,6 +69,60 @@ def _combine_logs(out: Path, names: list[str]) -> None:
                 tokens0 += int(rows[-1]["tokens_seen"])
 
 
+def _combine_eval_logs(out: Path, totals: list[tuple[str, int, int]]) -> None:
+    """One held-out curve over all phases (`eval_log.csv`), steps and tokens continued."""
+    step0 = tokens0 = 0
+    rows = []
+    for phase, steps, tokens in totals:
+        for r in read_log(out / phase / EVAL_LOG, EVAL_FIELDS):
+            rows.append([step0 + int(r["step"]), tokens0 + int(r["tokens_seen"]), r["eval_loss"],
+                         r["eval_ppl"], phase])
+        step0, tokens0 = step0 + steps, tokens0 + tokens
+    if rows:
+        with (out / EVAL_LOG).open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow([*EVAL_FIELDS, "phase"])
+            writer.writerows(rows)
+
+
+def repetition(cfg: RecoverConfig, corpus_tokens: int, world: int = 1) -> tuple[float, str]:
+    """(epochs, one-line refusal or ''): how many times the budget reads the corpus's
+    `recover.seq_len` blocks, and the refusal when that is above 1 without recover.epochs_ok."""
+    blocks = corpus_tokens // cfg.seq_len
+    need = sum(steps for _, steps in phase_steps(cfg, world)) * cfg.batch_size * cfg.grad_accum \
+        * world
+    epochs = need / max(blocks, 1)
+    if epochs <= 1 or cfg.epochs_ok:
+        return epochs, ""
+    return epochs, (f"recover.tokens={cfg.tokens} is above the corpus: recover.data={cfg.data} "
+                    f"holds {corpus_tokens} tokens ({blocks * cfg.seq_len} in blocks of "
+                    f"recover.seq_len={cfg.seq_len}), so training would read it {epochs:.2f} "
+                    f"times: lower recover.tokens to at most {blocks * cfg.seq_len} or set "
+                    "recover.epochs_ok=true")
+
+
+def training_examples(cfg: RecoverConfig, train_ids=None, tokenizer=None, cache=None):
+    """The packed training blocks: `train_ids` or an Alpaca .json in memory; any text corpus
+    (wiki_train, files, shards, the hub) as a view of its cached memory-mapped token file."""
+    if train_ids is not None or str(cfg.data).endswith(".json"):
+        return load_examples(cfg.data, cfg.seq_len, train_ids, tokenizer)
+    if tokenizer is None:
+        raise ValueError(f"recover.data={cfg.data!r} needs a tokenizer")
+    if cache is None:
+        from harness.assets import cache_root
+        from harness.cache.store import StageCache
+
+        cache = StageCache(cache_root() / "stages")
+    return PackedCorpus(prepare(cfg, tokenizer, cache).ids(), cfg.seq_len)
+
+
+def held_out(cfg: RecoverConfig, tokenizer):
+    """`recover.eval_tokens` of `recover.eval_data` in whole windows of recover.seq_len."""
+    windows = max(1, cfg.eval_tokens // cfg.seq_len)
+    ids = token_ids(cfg.eval_data, tokenizer)[: windows * cfg.seq_len]
+    return pack(ids, cfg.seq_len)
+
+
 def recover(
     model,
     cfg: RecoverConfig,
@@ -76,11 +132,13 @@ def recover(
     tokenizer=None,
     report_to: str | list[str] = "none",
     callbacks=(),
+    cache=None,
 ) -> tuple[torch.nn.Module, dict]:
     """Recover `model` with method `cfg.name` on `cfg.tokens` training tokens.
 
     `train_ids`: a 1-D token stream to train on (None: `cfg.data`, read with `tokenizer`); a
     method that needs a teacher gets `teacher`. Extra `callbacks` go to every phase's Trainer.
+    `cache`: the StageCache holding prepared corpora (default: the harness cache's).
     Returns (plain model in eval mode, {'recover/...': value}); for 'none' the model comes back
     unchanged with {}.
     """
@@ -96,18 +154,31 @@ def recover(
     plan = phase_steps(cfg, world)
     per_step = cfg.batch_size * cfg.grad_accum * world  # examples per optimizer step
     budget = sum(steps for _, steps in plan) * per_step * cfg.seq_len
-    examples = load_examples(cfg.data, cfg.seq_len, train_ids, tokenizer, max_tokens=budget)
+    examples = training_examples(cfg, train_ids, tokenizer, cache)
+    corpus_tokens = getattr(examples, "tokens", len(examples) * cfg.seq_len)
+    epochs, refusal = repetition(cfg, corpus_tokens, world)
+    if refusal:
+        raise ValueError(refusal)
+    if cfg.eval_every and tokenizer is None:
+        raise ValueError("recover.eval_every needs a tokenizer for recover.eval_data")
+    held = held_out(cfg, tokenizer) if cfg.eval_every else None
     metrics: dict[str, float] = {"recover/budget_tokens": cfg.tokens, "recover/world_size": world,
-                                 "recover/global_batch": per_step}
+                                 "recover/global_batch": per_step, "recover/epochs": epochs,
+                                 "recover/corpus_tokens": corpus_tokens,
+                                 "recover/trained_tokens": budget}
     first = 0
     for phase, (name, steps) in zip(method.phases, plan, strict=True):
         dataset = CyclicDataset(examples, start=first, count=steps * per_step)
         first += steps * per_step
-        ctx = PhaseContext(cfg, dataset, out / name, steps, report_to, list(callbacks), teacher)
+        ctx = PhaseContext(cfg, dataset, out / name, steps, report_to, list(callbacks), teacher,
+                           eval_dataset=held)
         model, phase_metrics = phase.run(model, ctx)
         metrics.update({f"recover/{name}/{k}": v for k, v in phase_metrics.items()})
     names = [name for name, _ in plan]
     on_main(lambda: _combine_logs(out, names))
+    totals = [(n, metrics[f"recover/{n}/steps"], metrics[f"recover/{n}/tokens_seen"])
+              for n in names]
+    on_main(lambda: _combine_eval_logs(out, totals))
     # this run's wall time plus the training time earlier attempts left in their checkpoints
     prior = sum(metrics[f"recover/{p}/prior_time_s"] for p in names)
     elapsed = time.perf_counter() - start + prior

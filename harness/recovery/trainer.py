@@ -22,12 +22,15 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
-from harness.distributed import barrier, on_main
+from harness.distributed import barrier, on_main, world_size
 from harness.recovery.fsdp import fsdp_arguments, gather_plain, meta_copy
 
 MARKER = "COMPLETE"
 LOG_NAME = "train_log.csv"
 LOG_FIELDS = ("step", "loss", "lr", "tokens_seen")
+EVAL_LOG = "eval_log.csv"  # held-out PPL every recover.eval_every tokens
+EVAL_FIELDS = ("step", "tokens_seen", "eval_loss", "eval_ppl")
+SCHEDULERS = {"cosine": "cosine", "constant": "constant_with_warmup", "wsd": "warmup_stable_decay"}
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -71,24 +74,23 @@ def prepare_resume(run_dir: str | Path) -> Path | None:
     return on_main(decide)
 
 
-def read_log(path: str | Path) -> list[dict[str, float]]:
-    """Rows of a `train_log.csv` as floats ([] when there is none)."""
+def read_log(path: str | Path, names=LOG_FIELDS) -> list[dict[str, float]]:
+    """Rows of a `train_log.csv` (or `eval_log.csv`: names=EVAL_FIELDS) as floats ([] when
+    there is none)."""
     path = Path(path)
     if not path.exists():
         return []
     with path.open(newline="") as f:
-        return [
-            {k: float(v) for k, v in row.items() if k in LOG_FIELDS} for row in csv.DictReader(f)
-        ]
+        return [{k: float(v) for k, v in row.items() if k in names} for row in csv.DictReader(f)]
 
 
-def truncate_log(path: Path, last_step: int) -> None:
+def truncate_log(path: Path, last_step: int, names=LOG_FIELDS) -> None:
     """Keep only rows up to `last_step` (the checkpoint a run resumes from); none for a fresh run."""
-    rows = [r for r in read_log(path) if r["step"] <= last_step]
+    rows = [r for r in read_log(path, names) if r["step"] <= last_step]
     path.unlink(missing_ok=True)
     if rows:
         with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            writer = csv.DictWriter(f, fieldnames=names)
             writer.writeheader()
             writer.writerows(
                 {**r, "step": int(r["step"]), "tokens_seen": int(r["tokens_seen"])} for r in rows
@@ -145,26 +147,57 @@ class SaveEvery(TrainerCallback):
         self.last = time.monotonic()
 
 
+def _append(path: Path, header, row) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(header)
+        writer.writerow(row)
+
+
 class LossLog(TrainerCallback):
-    """Appends step, loss, lr and tokens_seen to a CSV at every logging step."""
+    """Appends step, loss, lr and tokens_seen to a CSV at every logging step, and each held-out
+    evaluation's loss and PPL to `eval_log.csv` beside it."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs or "loss" not in logs:
+        if not state.is_world_process_zero or not logs:
             return
-        new = not self.path.exists()
-        with self.path.open("a", newline="") as f:
-            writer = csv.writer(f)
-            if new:
-                writer.writerow(LOG_FIELDS)
+        if "eval_loss" in logs:
+            _append(self.path.parent / EVAL_LOG, EVAL_FIELDS, [
+                state.global_step, state.num_input_tokens_seen, logs["eval_loss"],
+                logs["eval_ppl"]])
+        if "loss" in logs:
             lr = logs.get("learning_rate", float("nan"))
-            writer.writerow([state.global_step, logs["loss"], lr, state.num_input_tokens_seen])
+            _append(self.path, LOG_FIELDS,
+                    [state.global_step, logs["loss"], lr, state.num_input_tokens_seen])
+
+
+class EvalAtEnd(TrainerCallback):
+    """A held-out evaluation after the last step too, when it is not a multiple of eval_steps."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == state.max_steps and state.global_step % args.eval_steps:
+            control.should_evaluate = True
+        return control
 
 
 class RecoveryTrainer(Trainer):
-    """`Trainer` that stops on the first non-finite loss, before that step is saved."""
+    """`Trainer` that stops on the first non-finite loss, before that step is saved, reads the
+    corpus in order when `recover.shuffle=false`, and logs the held-out PPL with its loss."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        if getattr(self, "in_order", False):
+            return torch.utils.data.SequentialSampler(train_dataset or self.train_dataset)
+        return super()._get_train_sampler(train_dataset)
+
+    def log(self, logs, *args, **kwargs):
+        if "eval_loss" in logs:
+            logs["eval_ppl"] = math.exp(min(logs["eval_loss"], 700.0))
+        return super().log(logs, *args, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -177,8 +210,18 @@ class RecoveryTrainer(Trainer):
         return loss
 
 
+def schedule_args(cfg, max_steps: int) -> dict:
+    """`recover.schedule`: cosine after warmup, warmup-stable-decay (the last `decay_ratio` of
+    the steps decay, cosine, to 0), or constant after warmup."""
+    out = {"lr_scheduler_type": SCHEDULERS[cfg.schedule]}
+    if cfg.schedule == "wsd":
+        out["lr_scheduler_kwargs"] = {"num_decay_steps": max(1, round(cfg.decay_ratio * max_steps))}
+    return out
+
+
 def training_args(
-    cfg, out_dir: str | Path, *, lr: float, max_steps: int, report_to: str | list[str] = "none"
+    cfg, out_dir: str | Path, *, lr: float, max_steps: int, report_to: str | list[str] = "none",
+    eval_steps: int = 0, eval_on_start: bool = False,
 ) -> TrainingArguments:
     """AdamW (fused on CUDA), warmup + cosine, bf16 on GPU; checkpoints every `save_steps`
     steps when set (else only on `SaveEvery`'s clock), the last complete one kept
@@ -196,7 +239,14 @@ def training_args(
         adam_beta1=cfg.adam_beta1,
         adam_beta2=cfg.adam_beta2,
         optim="adamw_torch_fused" if cuda else "adamw_torch",
-        lr_scheduler_type="cosine",
+        **schedule_args(cfg, max_steps),
+        eval_strategy="steps" if eval_steps else "no",
+        eval_steps=eval_steps or None,
+        # the curve's first point (0 tokens), inside train() once the model is wrapped: an
+        # evaluate() before train() would leave DDP unwrapped and its ranks unsynchronised
+        eval_on_start=eval_on_start,
+        per_device_eval_batch_size=cfg.batch_size,
+        prediction_loss_only=True,
         warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of max_steps
         max_grad_norm=cfg.max_grad_norm,
         bf16=use_bf16(cfg),
@@ -230,6 +280,7 @@ def train_phase(
     report_to: str | list[str] = "none",
     callbacks=(),
     trainer_cls=RecoveryTrainer,
+    eval_dataset=None,
     **trainer_kwargs,
 ) -> tuple[torch.nn.Module, dict[str, float]]:
     """Train `model` in place for `max_steps` optimizer steps, resuming from `out_dir` if a
@@ -241,7 +292,13 @@ def train_phase(
     resume = prepare_resume(out)
     prior = checkpoint_time(resume) if resume else 0.0
     log_path = out / LOG_NAME
-    on_main(lambda: truncate_log(log_path, int(_CKPT.match(resume.name).group(1)) if resume else 0))
+    resumed = int(_CKPT.match(resume.name).group(1)) if resume else 0
+    on_main(lambda: truncate_log(log_path, resumed))
+    on_main(lambda: truncate_log(out / EVAL_LOG, resumed, EVAL_FIELDS))
+    eval_steps = 0
+    if eval_dataset is not None and cfg.eval_every:
+        per_step = cfg.seq_len * cfg.batch_size * cfg.grad_accum * world_size()
+        eval_steps = max(1, cfg.eval_every // per_step)
     half = (torch.bfloat16, torch.float16)
     dtype = next(model.parameters()).dtype
     upcast = any(p.requires_grad and p.dtype in half for p in model.parameters())
@@ -250,13 +307,17 @@ def train_phase(
     skeleton = meta_copy(model) if cfg.fsdp != "none" else None
     trainer = trainer_cls(
         model=model,
-        args=training_args(cfg, out, lr=lr, max_steps=max_steps, report_to=report_to),
+        args=training_args(cfg, out, lr=lr, max_steps=max_steps, report_to=report_to,
+                           eval_steps=eval_steps, eval_on_start=bool(eval_steps) and not resume),
         train_dataset=dataset,
+        eval_dataset=eval_dataset if eval_steps else None,
         data_collator=default_data_collator,
         callbacks=[CompletionMarker(prior), LossLog(log_path),
-                   *([SaveEvery(cfg.save_minutes)] if cfg.save_minutes > 0 else []), *callbacks],
+                   *([SaveEvery(cfg.save_minutes)] if cfg.save_minutes > 0 else []),
+                   *([EvalAtEnd()] if eval_steps else []), *callbacks],
         **trainer_kwargs,
     )
+    trainer.in_order = not cfg.shuffle
     if skeleton is not None and not trainer.is_fsdp_enabled:
         raise RuntimeError(f"recover.fsdp={cfg.fsdp}: accelerate did not enable FSDP here")
     start = time.perf_counter()

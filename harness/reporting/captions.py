@@ -32,9 +32,14 @@ def caption(part: pd.DataFrame, experiment: str) -> str:
     speed = speed_note(part)
     if speed:
         bits.append(speed)
-    budget = recovery_budget(part)
-    if budget is not None:
-        bits.append(f"recovery budget {budget} training tokens per method")
+    from harness.reporting.differ import differing, recovery_note, short
+
+    recovery = recovery_note(part)
+    if recovery:
+        bits.append(recovery)
+    differ = differing(part)
+    if differ:
+        bits.append(f"rows differ in {', '.join(short(c) for c in differ)} (columns)")
     from harness.reporting.seeds import seeds_note
 
     seeds = seeds_note(part)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import matplotlib
 
+from harness.reporting.differ import differing, label_of, recovery_note
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -191,12 +193,19 @@ def recovery_vs_fraction(table: pd.DataFrame, path: Path, source: str = "wiki_te
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     styles = _styles()
     pruned = table[table["prune.name"] != "none"]
-    for (method, recover), part in pruned.groupby(["prune.name", "recover.name"]):
+    pruned = pruned.assign(**{"prune.criterion": pruned.get("prune.criterion", "").fillna("")})
+    extra = differing(pruned)  # one line per (method, criterion, recovery) and differing key
+    for values, part in pruned.groupby(["prune.name", "prune.criterion", "recover.name", *extra],
+                                       dropna=False):
+        method, criterion, recover = values[:3]
         color, marker = next(styles)
         _errorbar(ax, _points(part, col), LINES.get(method, "-"), color, marker,
-                  f"{method} + {recover}", f"{method}-{recover}")
-    ax.set(xlabel="parameters removed (% of total)", ylabel=f"PPL {source}", yscale="log",
-           title="Recovery method vs pruned fraction")
+                  f"{method} {criterion} + {recover}{label_of(extra, tuple(values[3:]))}",
+                  f"{method}-{criterion}-{recover}")
+    ax.set(xlabel="parameters removed (% of total)", ylabel=f"PPL {source}", yscale="log")
+    models = "/".join(str(m) for m in table["model"].dropna().unique()) if "model" in table else ""
+    ax.set_title(f"Recovery method vs pruned fraction\n{models}; {recovery_note(table)}",
+                 fontsize=6, wrap=True)
     _legend_outside(ax)
     return _save(fig, path)
 

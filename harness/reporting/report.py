@@ -22,6 +22,8 @@ from harness.data import protocol
 from harness.data.protocol import EVAL_SEQ_LEN
 from harness.io import write_text_atomic
 from harness.reporting.captions import caption, regenerate_commands
+from harness.reporting.differ import differing
+from harness.reporting.differ import short as key_name
 from harness.reporting.seeds import has_repeats, mean_std, seed_groups
 from harness.tracking.results import by_experiment, read_table
 
@@ -111,6 +113,8 @@ def paper_table(part: pd.DataFrame) -> pd.DataFrame:
     speed = [c for c in part.columns if c.endswith("/bs1/out128/decode_ms")]
     for col in speed:
         out[f"decode ms ({col.split('/')[1]}, bs1)"] = part[col].round(2)
+    for col in differing(part):  # every key that differs between rows, never hidden
+        out[key_name(col)] = part[col]
     order = ["Pruned %", "Method", "Recovery"]
     out = out.dropna(axis=1, how="all").sort_values(order)
     if has_repeats(part):  # one row per setting: mean ± std over calibration seeds, and n
@@ -185,6 +189,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
                  only: str | None = None) -> list[Path]:
     """Write tables and figures of every experiment in the results table (or `only` one);
     returns the files."""
+    from harness.reporting.curves import curve_figures, curves_markdown
     from harness.reporting.figures import experiment_figures, vector_files
 
     table = read_table(results_dir)
@@ -199,6 +204,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
             continue
         paper, cap = paper_table(part), caption(part, experiment)
         md = f"**{experiment}.** {cap}\n\n{paper.to_markdown(index=False)}\n"
+        md += curves_markdown(part)  # recovery runs with a held-out curve (eval_every)
         tex = paper.to_latex(index=False, caption=cap.replace("_", r"\_"),
                              label=f"tab:{experiment}", float_format="%.2f")
         for suffix, text in ((".md", md), (".tex", tex), (".csv", paper.to_csv(index=False))):
@@ -208,7 +214,8 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
             text = f"**{experiment}, both metric conventions.** {cap}\n\n" \
                 f"{conventions.to_markdown(index=False)}\n"
             written.append(write_text_atomic(out / f"{experiment}_conventions.md", text))
-        written += [f for png in experiment_figures(part, out / experiment)
+        written += [f for png in [*experiment_figures(part, out / experiment),
+                                  *curve_figures(part, out / experiment)]
                     for f in (png, *vector_files(png))]
     if only is None:
         written += _write_matched_size(table, out)

@@ -33,7 +33,7 @@ from harness.validation.paths import (
     check_writable,
     model_stage_bytes,
 )
-from harness.validation.texts import check_text, check_training_data
+from harness.validation.texts import check_repetition, check_text, check_training_data
 
 __all__ = ["InputError", "check_disk", "check_inputs", "expected_tensors", "first_line",
            "model_stage_bytes"]
@@ -66,6 +66,8 @@ def check_inputs(spec) -> tuple[object, int]:
             check_training_data(spec.recover, tok)
     check_results_dir(spec.results_dir)
     check_cache_dir(spec.cache_dir or cache_root() / "stages", "cache_dir")
+    if not spec.model.shape_only and "training_data" in METHODS.get(spec.recover.name).needs:
+        check_repetition(spec, tok)  # last: a large corpus is prepared into the cache here
     return hf_config, params
 
 

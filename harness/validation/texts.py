@@ -99,8 +99,23 @@ def read_documents(path: Path, key: str) -> list[str]:
 
 
 def check_training_data(cfg, tokenizer) -> None:
-    """recover.data: an Alpaca .json list, or text with at least one recover.seq_len window."""
+    """recover.data: an Alpaca .json list, or text with at least one recover.seq_len window;
+    a directory or glob holds shards, a hub dataset (hf:NAME) is reachable."""
+    from harness.recovery.corpus import SHARD_SUFFIXES, is_hub, shard_files
+
     path = Path(cfg.data)
+    if is_hub(cfg.data):
+        check_hub_dataset(":".join(p for p in (cfg.data, cfg.data_config, cfg.split) if p),
+                          "recover.data")
+        return
+    if path.is_dir() or (not path.exists() and any(c in str(path) for c in "*?[")):
+        if not shard_files(cfg.data):
+            raise InputError(f"recover.data: {path} holds no {'/'.join(SHARD_SUFFIXES)} shards")
+        return
+    if path.suffix == ".parquet":
+        if not path.is_file():
+            raise InputError(f"recover.data: {path} does not exist")
+        return
     if path.suffix != ".json":
         check_text(cfg.data, "recover.data", tokenizer, cfg.seq_len, "recover.seq_len")
         return
@@ -114,3 +129,30 @@ def check_training_data(cfg, tokenizer) -> None:
             for r in records)):
         raise InputError(f"recover.data: {path} must be a JSON list of records with 'text', or "
                          "'instruction' and 'output' (Alpaca)")
+
+
+def check_repetition(spec, tokenizer) -> None:
+    """A budget above the training corpus is refused unless recover.epochs_ok. The corpus's
+    tokens are counted exactly: from its prepared cache entry, in memory for a small corpus
+    (nothing written), else by preparing the entry that training then reads."""
+    import os
+
+    from harness.assets import cache_root
+    from harness.cache.store import StageCache
+    from harness.recovery.corpus import count_tokens
+    from harness.recovery.run import repetition, training_examples
+
+    cfg = spec.recover
+    if cfg.epochs_ok:
+        return
+    try:
+        if str(cfg.data).endswith(".json"):
+            tokens = len(training_examples(cfg, tokenizer=tokenizer)) * cfg.seq_len
+        else:
+            cache = StageCache(spec.cache_dir or cache_root() / "stages")
+            tokens = count_tokens(cfg, tokenizer, cache)
+    except (OSError, ValueError) as e:
+        raise InputError(f"recover.data: {first_line(e)}") from None
+    _, refusal = repetition(cfg, tokens, int(os.environ.get("WORLD_SIZE", "1")))
+    if refusal:
+        raise InputError(refusal)

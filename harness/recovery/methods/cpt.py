@@ -29,7 +29,8 @@ def run_cpt(model, ctx: PhaseContext, **trainer_kwargs):
     model.requires_grad_(True)
     model, metrics = train_phase(model, ctx.dataset, ctx.out_dir, ctx.cfg, lr=ctx.cfg.lr,
                                  max_steps=ctx.steps, report_to=ctx.report_to,
-                                 callbacks=ctx.callbacks, **trainer_kwargs)
+                                 callbacks=ctx.callbacks, eval_dataset=ctx.eval_dataset,
+                                 **trainer_kwargs)
     metrics["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return model.eval(), metrics
 

@@ -61,6 +61,8 @@ class KDTrainer(RecoveryTrainer):
         self.loss_is_scaled_for_ga = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not model.training:  # the held-out curve: plain next-token loss, as PPL reads it
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs["labels"]
         feed = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
         outputs = model(**feed, labels=labels if self.alpha < 1 else None)

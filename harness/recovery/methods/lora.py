@@ -83,7 +83,8 @@ def run_lora(model, ctx: PhaseContext):
     try:
         peft_model, metrics = train_phase(
             peft_model, ctx.dataset, ctx.out_dir, ctx.cfg, lr=ctx.cfg.lora_lr,
-            max_steps=ctx.steps, report_to=ctx.report_to, callbacks=ctx.callbacks)
+            max_steps=ctx.steps, report_to=ctx.report_to, callbacks=ctx.callbacks,
+            eval_dataset=ctx.eval_dataset)
     except BaseException:
         peft_model.unload()  # leave the caller's model without adapters
         raise
