@@ -187,3 +187,13 @@ def test_rows_that_differ_only_by_calibration_seed_become_mean_std_and_n(tmp_pat
     write_report(tmp_path)
     assert "110.00 ± 10.00" in (tmp_path / "seeds.md").read_text()
     assert matched_size_table(pd.DataFrame(rows)) is None  # not the protocol's seed: not matched
+
+
+def test_engine_perplexity_sits_beside_the_hf_one_with_the_relative_difference():
+    rows = pd.DataFrame(list(_rows()))
+    rows["engine/ppl/wiki_test"] = rows["ppl/wiki_test"] * 1.001
+    rows["engine/ppl/wiki_test/tokens"] = 1000  # a detail column, not a table column
+    table = paper_table(rows)
+    assert "PPL wiki_test (llama.cpp)" in table.columns
+    assert "PPL tokens (llama.cpp)" not in " ".join(table.columns)
+    assert table["engine diff % wiki_test"].tolist() == [0.1] * len(table)

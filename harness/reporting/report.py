@@ -105,6 +105,11 @@ def paper_table(part: pd.DataFrame) -> pd.DataFrame:
         out["Depth share (achieved)"] = part["prune/depth_share_achieved"].round(3)
     for col in [c for c in metric_columns(part) if c.startswith("ppl/")]:
         out[f"PPL {col.removeprefix('ppl/')}"] = part[col].round(2)
+    for col in [c for c in part.columns if c.startswith("engine/ppl/") and c.count("/") == 2]:
+        source = col.removeprefix("engine/ppl/")  # the same windows, llama.cpp's logits
+        out[f"PPL {source} (llama.cpp)"] = part[col].round(2)
+        if f"ppl/{source}" in part:
+            out[f"engine diff % {source}"] = (100 * (part[col] / part[f"ppl/{source}"] - 1)).round(4)
     for task, short in TASK_NAMES.items():
         if f"zeroshot/{task}" in part:
             out[short] = part[f"zeroshot/{task}"].round(1)
