@@ -193,7 +193,8 @@ def recovery_vs_fraction(table: pd.DataFrame, path: Path, source: str = "wiki_te
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     styles = _styles()
     pruned = table[table["prune.name"] != "none"]
-    pruned = pruned.assign(**{"prune.criterion": pruned.get("prune.criterion", "").fillna("")})
+    criterion = pruned.get("prune.criterion", pd.Series("", index=pruned.index))  # hybrid: none
+    pruned = pruned.assign(**{"prune.criterion": criterion.fillna("")})
     extra = differing(pruned)  # one line per (method, criterion, recovery) and differing key
     for values, part in pruned.groupby(["prune.name", "prune.criterion", "recover.name", *extra],
                                        dropna=False):
