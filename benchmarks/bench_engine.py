@@ -35,11 +35,13 @@ from harness.models.loader import ModelConfig, load_model  # noqa: E402
 from harness.models.params import count_params  # noqa: E402
 
 
-def variants(removed: list[float]):
-    yield "dense", 0.0
+def variants(removed: list[float], aligns: list[int]):
+    """(label, removed, MLP alignment): dense, then depth and one width cut per alignment."""
+    yield "dense", 0.0, 1
     for r in removed:
-        yield "depth", r
-        yield "width", r
+        yield "depth", r, 1
+        for a in aligns:
+            yield ("width" if a == aligns[0] else f"width x{a}"), r, a
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,17 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtypes", nargs="+", default=["f32", "q8_0"])
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--align", type=int, nargs="+", default=[8],
+                   help="width cuts keep MLP channels in multiples of each (q8_0 quantizes only "
+                        "matrices whose input width is a multiple of 32)")
     p.add_argument("--out", default=None, help="also write the markdown table here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
-    for variant, removed in variants(args.removed):
+    for variant, removed, align in variants(args.removed, args.align):
         model, tok = load_model(ModelConfig(dtype="float32", device="cpu"))
         dense = count_params(model)["total"]
         if variant == "depth":
             depth_prune(model, 1 - removed)
-        elif variant == "width":
-            width_prune(model, 1 - removed)
+        elif variant.startswith("width"):
+            width_prune(model, 1 - removed, align)
         kept = count_params(model)["total"] / dense
         cfg = SpeedConfig(True, "hf", [1, args.batch], [args.gen_len], args.prompt_len,
                           args.warmup, args.repeats, False)
@@ -96,7 +101,8 @@ def table(rows: list[dict], args) -> str:
     lines = [
         "# Engine speed: HF eager vs llama.cpp, dense vs depth vs width (SmolLM2-135M, CPU)",
         "",
-        f"`python benchmarks/bench_engine.py --threads {args.threads} --batch {args.batch}` "
+        f"`python benchmarks/bench_engine.py --threads {args.threads} --batch {args.batch} "
+        f"--align {' '.join(map(str, args.align))}` "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}), {engine_version()}, torch "
         f"{torch.__version__}, {platform.processor() or platform.machine()}, **{args.threads} "
         f"threads** for both engines, prompt {args.prompt_len} tokens, {args.gen_len} generated "
@@ -118,12 +124,14 @@ def table(rows: list[dict], args) -> str:
             def pick(v, e=engine, b=batch, rm=removed):
                 return next((r for r in rows if r["variant"] == v and r["engine"] == e
                              and r["batch"] == b and abs(r["removed"] - rm) < 0.05), None)
-            dp, wd = pick("depth"), pick("width")
-            if dp and wd:
-                lines.append(f"- ~{100 * removed:.0f}%, {engine}, batch {batch}: depth "
-                             f"{dp['decode'] / dense[(engine, batch)]['decode']:.2f}x, width "
-                             f"{wd['decode'] / dense[(engine, batch)]['decode']:.2f}x "
-                             f"(depth/width {dp['decode'] / wd['decode']:.2f})")
+            dp = pick("depth")
+            for label in ["width", *(f"width x{a}" for a in args.align[1:])]:
+                wd = pick(label)
+                if dp and wd:
+                    lines.append(f"- ~{100 * removed:.0f}%, {engine}, batch {batch}: depth "
+                                 f"{dp['decode'] / dense[(engine, batch)]['decode']:.2f}x, "
+                                 f"{label} {wd['decode'] / dense[(engine, batch)]['decode']:.2f}x"
+                                 f" (depth/{label} {dp['decode'] / wd['decode']:.2f})")
     return "\n".join(lines) + "\n"
 
 

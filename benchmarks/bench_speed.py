@@ -64,8 +64,9 @@ def depth_prune(model: nn.Module, fraction: float) -> nn.Module:
     return remove_blocks(model, {middle[int(step * i + step / 2)] for i in range(n_drop)})
 
 
-def width_prune(model: nn.Module, fraction: float) -> nn.Module:
-    """Keep the first heads and MLP channels of every layer: ~`fraction` of total parameters."""
+def width_prune(model: nn.Module, fraction: float, align: int = 8) -> nn.Module:
+    """Keep the first heads and MLP channels (a multiple of `align`) of every layer: ~`fraction`
+    of total parameters."""
     cfg, adapter = model.config, adapter_for(model)
     layers = adapter.layers(model)
     total, per_layer = count_params(model)["total"], _per_layer_params(model)
@@ -73,7 +74,7 @@ def width_prune(model: nn.Module, fraction: float) -> nn.Module:
     ratio = min(max(ratio, 0.05), 1.0)
     groups = cfg.num_attention_heads // cfg.num_key_value_heads
     kv = max(1, round(cfg.num_key_value_heads * ratio))
-    heads, channels = kv * groups, max(8, round(cfg.intermediate_size * ratio / 8) * 8)
+    heads, channels = kv * groups, max(align, round(cfg.intermediate_size * ratio / align) * align)
     for layer in layers:
         adapter.prune_attention(layer, range(heads), range(kv))
         adapter.prune_mlp(layer, range(channels))
