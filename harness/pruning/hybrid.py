@@ -67,26 +67,25 @@ class HybridPruneConfig(Keyed):
     name: str = "hybrid"
     ratio: float | None = None
     depth_share: float = 0.5
-    # depth part (defaults as prune=depth)
-    depth_criterion: str = "ppl"
-    depth_unit: str = "block"
-    protect_first: int = 4
-    protect_last: int = 2
-    iterative: bool = False
-    # width part (defaults as prune=width)
-    width_criterion: str = "taylor"
-    reduction: str = "sum"
-    attn_unit: str = "q_head"
-    scope: str = "uniform"
-    layer_start: int = 4
-    layer_end: int = -2
-    prune_attn: bool = True
-    prune_mlp: bool = True
-    align: int = 1
-    seed: int = 0
-    flap_bias_compensation: bool = True
-    gqa_fold: str = "aligned"
-    mlp_criterion: str | None = None
+    # depth part, then width part: each default is prune=depth's / prune=width's (written once)
+    depth_criterion: str = DepthPruneConfig.criterion
+    depth_unit: str = DepthPruneConfig.unit
+    protect_first: int = DepthPruneConfig.protect_first
+    protect_last: int = DepthPruneConfig.protect_last
+    iterative: bool = DepthPruneConfig.iterative
+    width_criterion: str = WidthPruneConfig.criterion
+    reduction: str = WidthPruneConfig.reduction
+    attn_unit: str = WidthPruneConfig.attn_unit
+    scope: str = WidthPruneConfig.scope
+    layer_start: int = WidthPruneConfig.layer_start
+    layer_end: int = WidthPruneConfig.layer_end
+    prune_attn: bool = WidthPruneConfig.prune_attn
+    prune_mlp: bool = WidthPruneConfig.prune_mlp
+    align: int = WidthPruneConfig.align
+    seed: int = WidthPruneConfig.seed
+    flap_bias_compensation: bool = WidthPruneConfig.flap_bias_compensation
+    gqa_fold: str = WidthPruneConfig.gqa_fold
+    mlp_criterion: str | None = WidthPruneConfig.mlp_criterion
 
     @property
     def criterion(self) -> str:
