@@ -197,3 +197,18 @@ def test_engine_perplexity_sits_beside_the_hf_one_with_the_relative_difference()
     assert "PPL wiki_test (llama.cpp)" in table.columns
     assert "PPL tokens (llama.cpp)" not in " ".join(table.columns)
     assert table["engine diff % wiki_test"].tolist() == [0.1] * len(table)
+
+
+def test_a_reading_below_the_marker_survives_a_rewrite_and_nothing_else_does(tmp_path):
+    from harness.reporting.report import READING_MARKER
+
+    for row in _rows():
+        upsert_row(tmp_path, row)
+    write_report(tmp_path)
+    md = tmp_path / "demo.md"
+    md.write_text(md.read_text().replace("| Depth taylor", "| EDITED", 1)
+                  + f"\n{READING_MARKER}\n\n## Reading\n\nDepth wins.\n")
+    write_report(tmp_path)
+    text = md.read_text()
+    assert "| EDITED" not in text and "| Depth taylor" in text  # the table is regenerated
+    assert text.count(READING_MARKER) == 1 and text.endswith("## Reading\n\nDepth wins.\n")

@@ -30,6 +30,8 @@ from harness.tracking.results import by_experiment, read_table
 PROTOCOL_SEED = protocol.CALIB_SEED  # the calibration every other table uses
 KEY_COLUMNS = ["experiment", "model", "prune.name", "prune.criterion", "prune.unit",
                "prune.ratio", "recover.name", "recover.tokens"]
+# In `<experiment>.md`, everything from this line on is a person's reading: rewrites keep it.
+READING_MARKER = "<!-- reading: kept when harness report rewrites this file -->"
 HEADLINE = ("params/total", "prune/ratio_achieved", "zeroshot/mean")
 TASK_NAMES = {"boolq": "BoolQ", "piqa": "PIQA", "hellaswag": "HellaS", "winogrande": "WinoG",
               "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "openbookqa": "OBQA"}
@@ -210,6 +212,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
         paper, cap = paper_table(part), caption(part, experiment)
         md = f"**{experiment}.** {cap}\n\n{paper.to_markdown(index=False)}\n"
         md += curves_markdown(part)  # recovery runs with a held-out curve (eval_every)
+        md += kept_reading(out / f"{experiment}.md")
         tex = paper.to_latex(index=False, caption=cap.replace("_", r"\_"),
                              label=f"tab:{experiment}", float_format="%.2f")
         for suffix, text in ((".md", md), (".tex", tex), (".csv", paper.to_csv(index=False))):
@@ -229,6 +232,12 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
         png = ppl_vs_speedup(table, out / "pareto_ppl_vs_speedup.png")
         written += [png, *vector_files(png)] if png else []
     return written
+
+
+def kept_reading(path: Path) -> str:
+    """The hand-written reading of an existing report file (from READING_MARKER on), or ''."""
+    text = path.read_text() if path.is_file() else ""
+    return "\n" + text[text.index(READING_MARKER):] if READING_MARKER in text else ""
 
 
 def _write_matched_size(table: pd.DataFrame, out: Path) -> list[Path]:
