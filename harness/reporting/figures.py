@@ -281,17 +281,26 @@ def ppl_vs_speedup(table: pd.DataFrame, path: Path, source: str = "wiki_test") -
     if data.empty or (data["prune.name"] != "none").sum() == 0:
         return None
     fig, ax = plt.subplots(figsize=(5.8, 3.8))
-    styles = _styles()
     recover = data.get("recover.name", pd.Series("none", index=data.index)).fillna("none")
     method = data["prune.name"].where(data["prune.name"] != "hybrid",
                                       "hybrid share " + data.get("prune.depth_share",
                                                                  pd.Series("", index=data.index))
                                       .astype(str))
+    # colour = pruning method (or depth share), marker = recovery (filled: none)
+    order = sorted(method.unique(), key=lambda m: (m != "none", m.startswith("hybrid"), m))
+    palette = cycle([c for c in OKABE_ITO if c != "#000000"])
+    colors = {m: "#000000" if m == "none" else next(palette) for m in order}
+    markers = dict(zip(sorted(recover.unique(), key=lambda r: (r != "none", r)), cycle(MARKERS),
+                       strict=False))
     for (m, r), part in data.groupby([method, recover]):
-        color, marker = next(styles)
-        ax.scatter(part["speedup"], part[col], color=color, marker=marker, s=24,
-                   facecolors=color if r == "none" else "none",
-                   label=("dense" if m == "none" else m) + ("" if r == "none" else f" +{r}"))
+        ax.scatter(part["speedup"], part[col], color=colors[m], marker=markers[r], s=24,
+                   facecolors=colors[m] if r == "none" else "none")
+    for m, c in colors.items():
+        ax.scatter([], [], color=c, marker="o", s=24, label="dense" if m == "none" else m)
+    for r, mk in markers.items():
+        ax.scatter([], [], color="#555555", marker=mk, s=24,
+                   facecolors="#555555" if r == "none" else "none",
+                   label="no recovery" if r == "none" else f"+{r}")
     ax.plot(*zip(*pareto_front(data, col), strict=True), color="#000000", ls=":", lw=1,
             label="Pareto front")
     ax.set(xlabel="decode speedup vs dense (batch 1)", ylabel=f"PPL {source}", yscale="log",
