@@ -7,9 +7,15 @@ part keeps its own criterion (`prune.depth_criterion`, `prune.width_criterion`) 
 depth option (`protect_first`, `protect_last`, `iterative`) and width option (`layer_start`,
 `layer_end`, `attn_unit`, `scope`, `reduction`, `mlp_criterion`, ...) keeps its name.
 
-Order: depth first, then width scored on the shallower model (Minitron's combined recipe): the
-depth criterion ranks the dense blocks, the removed blocks go, and the width criterion scores
-the model that is left, so no width score is spent on a block that is removed anyway. The depth
+Order (`prune.order`): `depth_first` (default; Minitron's combined recipe): the depth criterion
+ranks the dense blocks, the removed blocks go, and the width criterion scores the model that is
+left, so no width score is spent on a block that is removed anyway. `width_first`: the width
+criterion scores the dense model and cuts every layer the width part would cut, then the depth
+criterion ranks the blocks of the thinner model. The order changes which units are chosen, never
+the shape: both orders remove the same number of blocks and leave the same layer widths (so the
+same speed), which isolates the scoring order (width_first needs `scope=uniform` and a width
+layer range that covers the depth candidates, the defaults; its achieved depth share counts the
+thinner blocks, so it is lower than depth_first's at the same shape). The depth
 part removes the number of units closest to `ratio * depth_share` of the dense parameters; the
 width part then removes `(ratio * dense - removed by depth) / shallower total` of the shallower
 model, so the width part absorbs the depth part's rounding and the whole matches `ratio` (the
@@ -18,23 +24,25 @@ achieved fraction and the achieved depth share are in the plan). Width layer ind
 first 4 and last 2 blocks, width prunes layers 4..-2) both parts spare the same dense blocks.
 
 Edges are exact: `depth_share=0` is the width run (same scores, same kept units) and
-`depth_share=1` the depth run (no width part, even where depth rounds short of `ratio`).
+`depth_share=1` the depth run (no width part, even where depth rounds short of `ratio`), in
+either order.
 The first step's importance is the stage cache's `importance` entry: the depth scores (or, at
 share 0, the width scores of the dense model), which do not depend on the share, so one sweep
 over shares scores the dense model once, and shares the entry with the plain depth (width) run.
+With `width_first`, the first step is the width scores of the dense model, shared the same way.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
 
 from harness.keys import Keyed
 from harness.models.params import count_params
-from harness.models.uneven import build_skeleton
+from harness.models.uneven import build_skeleton, record_layer_shapes
 from harness.pruning import ratio as R
 from harness.pruning.blocks import remove_blocks
 from harness.pruning.depth import (
@@ -61,12 +69,14 @@ class HybridPruneConfig(Keyed):
     """`prune=hybrid`: `ratio` of total params, `depth_share` of them by depth (see module)."""
 
     SIZE_FIELDS: ClassVar[tuple[str, ...]] = ("ratio",)
-    DETERMINING = ("name", "ratio", "depth_share", *DEPTH_FIELDS, *WIDTH_FIELDS)
+    DETERMINING = ("name", "ratio", "depth_share", "order", *DEPTH_FIELDS, *WIDTH_FIELDS)
+    ORDERS: ClassVar[tuple[str, ...]] = ("depth_first", "width_first")
     NOT_DETERMINING = ()
 
     name: str = "hybrid"
     ratio: float | None = None
     depth_share: float = 0.5
+    order: str = "depth_first"  # or width_first: same shape, width scored on the dense model
     # depth part, then width part: each default is prune=depth's / prune=width's (written once)
     depth_criterion: str = DepthPruneConfig.criterion
     depth_unit: str = DepthPruneConfig.unit
@@ -144,6 +154,40 @@ class HybridPruneConfig(Keyed):
             remove_blocks(model, range(self.protect_first, self.protect_first + n))
         return R.Geometry.from_model(model, self.attn_unit), dense
 
+    def width_first(self) -> bool:
+        """Whether the width part runs first (only a mix has an order: shares 0 and 1 do not)."""
+        return self.order == "width_first" and 0 < self.depth_share < 1
+
+    def dense_width_config(self, hf_config) -> WidthPruneConfig | None:
+        """width_first: the width part on the dense model, with the per-layer counts the
+        depth_first width part has on the shallower model (so the shapes agree once the depth
+        part removes its blocks): the ratio of the dense model those counts remove."""
+        geo, dense = self._after_depth(hf_config)
+        width = self.width_config(geo, dense)
+        if width is None:
+            return None
+        full = R.Geometry.from_config(copy.deepcopy(hf_config), self.attn_unit)
+        shallow = R.resolve_layers(width.layer_start, width.layer_end, geo.n_layers)
+        layers = R.resolve_layers(width.layer_start, width.layer_end, full.n_layers)
+        counts = R.solve_counts(geo, width, len(shallow))
+        per_attn, per_kept = counts.attn_removed // len(shallow), counts.mlp_kept // len(shallow)
+        removed = R.removed_params(full, width, len(layers), per_attn * len(layers),
+                                   per_kept * len(layers))
+        return replace(width, ratio=removed / full.total)
+
+    def _check_width_first(self, hf_config) -> None:
+        if self.scope != "uniform":
+            raise ValueError(f"prune.order=width_first needs prune.scope=uniform (got {self.scope}): "
+                             "only uniform widths give both orders the same shape")
+        n = hf_config.num_hidden_layers
+        layers = set(R.resolve_layers(self.layer_start, self.layer_end, n))
+        cands = set(range(self.protect_first, n - self.protect_last))
+        if not cands <= layers:
+            raise ValueError(f"prune.order=width_first needs the width layers "
+                             f"[{self.layer_start}, {self.layer_end}) to cover the depth "
+                             f"candidates {self.protect_first}..{n - self.protect_last - 1}, so "
+                             "every removed block is one the width part cut")
+
     # ---- keys -------------------------------------------------------------------------------
     def key_fields(self) -> dict:
         """The hybrid's own fields, and each part's as that part keys them (a criterion's seed
@@ -157,13 +201,15 @@ class HybridPruneConfig(Keyed):
                     out.pop(ours, None)
         if "seed" not in depth and "seed" not in width:
             out.pop("seed", None)
+        if not self.width_first():  # depth_first, or an edge share (no order): rows from before
+            out.pop("order", None)  # `order` keep their keys, and edges are shared by both orders
         return out
 
     def importance_fields(self, hf_config) -> dict | None:
         """The first step's scores: the depth part's (they never depend on the share, except a
         window criterion's window), or at share 0 the width scores of the dense model. They are
         the plain depth (width) run's scores, so that run's cache entry serves too."""
-        depth = self.depth_config(hf_config)
+        depth = None if self.width_first() else self.depth_config(hf_config)
         if depth is not None:
             return depth.importance_fields(hf_config)
         if not self.ratio:
@@ -183,6 +229,10 @@ class HybridPruneConfig(Keyed):
         if not 0 <= self.depth_share <= 1 or isinstance(self.depth_share, bool):
             raise ValueError(f"prune.depth_share={self.depth_share} must be in [0, 1] (the share "
                              "of the removed params cut by depth; 0 = width only, 1 = depth only)")
+        if self.order not in self.ORDERS:
+            raise ValueError(f"prune.order={self.order!r}; choose from {list(self.ORDERS)}")
+        if self.width_first():
+            self._check_width_first(hf_config)
         if self.depth_unit != "block" and 0 < self.depth_share < 1:
             raise ValueError(f"prune.depth_unit={self.depth_unit} with width pruning is not "
                              "supported yet (width needs whole blocks); use prune.depth_unit=block "
@@ -215,34 +265,54 @@ class HybridPruneConfig(Keyed):
 # ---- scoring and cutting -------------------------------------------------------------------
 def score_hybrid(model, cfg: HybridPruneConfig, calib: torch.Tensor):
     """The first step's cacheable scores (see `importance_fields`)."""
-    depth = cfg.depth_config(model.config)
+    depth = None if cfg.width_first() else cfg.depth_config(model.config)
     if depth is not None:
         return score_blocks(model, depth, calib)
     return score_groups(model, cfg._width(cfg.ratio), calib)
 
 
 def prune_hybrid(model, cfg: HybridPruneConfig, calib: torch.Tensor, scores=None) -> dict:
-    """Depth part, then width part scored on the shallower model; in place. The plan holds
-    both parts' plans, the achieved fraction and the achieved depth share."""
+    """Depth part, then width part scored on the shallower model (or `width_first`); in place.
+    The plan holds both parts' plans, the achieved fraction and the achieved depth share."""
     cfg.validate(model.config)
+    if cfg.width_first():
+        return _width_then_depth(model, cfg, calib, scores)
     before = count_params(model)
     depth = cfg.depth_config(model.config)
     depth_plan = width_plan = None
     if depth is not None:
         depth_plan = prune_depth(model, depth, calib, scores if isinstance(scores, dict) else None)
     mid = count_params(model)
-    removed_depth = before["total"] - mid["total"]
     width = None
     if cfg.depth_share < 1:
         width = cfg.width_config(R.Geometry.from_model(model, cfg.attn_unit), before["total"])
     if width is not None:
         reuse = scores if depth is None and not isinstance(scores, dict) else None
         width_plan = prune_width(model, width, calib, reuse)
+    return _plan(cfg, "depth_then_width", before, before["total"] - mid["total"], depth_plan,
+                 width_plan, model, calib)
+
+
+def _width_then_depth(model, cfg: HybridPruneConfig, calib: torch.Tensor, scores=None) -> dict:
+    """prune.order=width_first: the width part on the dense model (its scores may be the cached
+    first step), then the depth part's blocks ranked on the thinner model."""
+    before = count_params(model)
+    n = cfg.num_depth(model.config)
+    width = cfg.dense_width_config(model.config)
+    width_plan = prune_width(model, width, calib, scores) if width is not None else None
+    mid = count_params(model)
+    depth_plan = prune_depth(model, cfg._depth(num_blocks=n), calib) if n else None
+    record_layer_shapes(model)  # the per-layer shapes of the blocks that are left
+    return _plan(cfg, "width_then_depth", before, mid["total"] - count_params(model)["total"],
+                 depth_plan, width_plan, model, calib)
+
+
+def _plan(cfg, order, before, removed_depth, depth_plan, width_plan, model, calib) -> dict:
     after = count_params(model)
     gone = before["total"] - after["total"]
     return {
         "method": "hybrid",
-        "order": "depth_then_width",
+        "order": order,
         "depth_criterion": cfg.depth_criterion,
         "width_criterion": cfg.width_criterion,
         "depth_share": cfg.depth_share,
