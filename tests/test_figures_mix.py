@@ -56,3 +56,38 @@ def test_share_figures_one_per_size_and_the_speed_figure(tmp_path):
     names = {p.name for p in experiment_figures(table, tmp_path / "exp")}
     assert {"exp_ppl_vs_share_20.png", "exp_ppl_vs_speedup.png"} <= names
     assert method_label(table.iloc[3]) == "Hybrid ppl+taylor, depth share 0.5"
+
+
+def test_llamacpp_speedups_are_tokens_per_second_over_dense(tmp_path):
+    """llama.cpp's decode tokens/s: higher is faster; recovered rows and width_first rows (the
+    same shape as depth_first) take their pruned shape's speed."""
+    table = _table()
+    table["engine/speed/b1/decode_tok_s"] = [50.0 if n == "none" else None
+                                             for n in table["prune.name"]]
+    pruned = (table["prune.name"] == "hybrid") & (table["recover.name"] == "none")
+    table.loc[pruned, "engine/speed/b1/decode_tok_s"] = 60.0 + 10 * table.loc[pruned,
+                                                                              "prune.depth_share"]
+    table["prune.order"] = None
+    extra = table[pruned & (table["prune.depth_share"] == 0.5)].assign(
+        **{"prune.order": "width_first", "engine/speed/b1/decode_tok_s": None,
+           "speed/hf/bs1/out64/decode_ms": None, "ppl/wiki_test": 40.0})
+    table = pd.concat([table, extra], ignore_index=True)
+    speed = _speedups(table, "llamacpp")
+    assert speed.iloc[0] == 1.0 and speed.notna().all()
+    assert speed.iloc[-1] == pytest.approx(65.0 / 50.0)  # width_first: its shape's speed
+    lora = table[(table["recover.name"] == "lora") & (table["prune.depth_share"] == 1.0)]
+    assert list(speed.loc[lora.index]) == pytest.approx([70.0 / 50.0] * 2)
+    png = ppl_vs_speedup(table, tmp_path / "front.png", engine="llamacpp")
+    assert png.exists() and "llama.cpp" in vector_files(png)[-1].read_text()
+    hf_only = table.drop(columns="engine/speed/b1/decode_tok_s")
+    assert ppl_vs_speedup(hf_only, tmp_path / "none.png", engine="llamacpp") is None
+
+
+def test_share_figure_draws_a_line_per_order(tmp_path):
+    table = _table()
+    extra = table[(table["prune.depth_share"] == 0.5)].assign(**{"prune.order": "width_first"})
+    table = pd.concat([table, extra], ignore_index=True)
+    pngs = ppl_vs_share(table, tmp_path / "mix")
+    svg = vector_files(pngs[0])[-1].read_text()
+    for gid in ("share-none-depth_first", "share-none-width_first", "share-lora-width_first"):
+        assert f'id="{gid}' in svg, gid

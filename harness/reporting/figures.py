@@ -4,8 +4,9 @@
 - zero-shot accuracy vs decode speedup over the dense model, each point labelled, with the
   Pareto front;
 - recovery method vs pruned fraction;
-- hybrid pruning (issue 26): PPL vs depth share, one figure per size, a line per recovery, and
-  PPL vs decode speedup over every point, with the Pareto front (lower PPL, higher speed).
+- hybrid pruning (issue 26): PPL vs depth share, one figure per size, a line per recovery (and
+  per order), and PPL vs decode speedup over every point, with the Pareto front (lower PPL,
+  higher speed), the speed measured in HF and, where the rows have it, in llama.cpp.
 Each is written as PNG and as vector PDF and SVG (text kept as text) next to it, in the
 Okabe-Ito colour-blind-safe palette, legends outside the axes. Error bars: PPL points show the
 std across calibration seeds where a setting ran with several, else the bootstrap std over the
@@ -213,7 +214,8 @@ def recovery_vs_fraction(table: pd.DataFrame, path: Path, source: str = "wiki_te
 
 def ppl_vs_share(table: pd.DataFrame, prefix: Path, source: str = "wiki_test") -> list[Path]:
     """Hybrid rows: for each requested size `<prefix>_ppl_vs_share_<pct>.png`, PPL against the
-    depth share (0 = width only, 1 = depth only), a line per recovery; dense dotted."""
+    depth share (0 = width only, 1 = depth only), a line per recovery (and per `prune.order`,
+    dashed for width_first, sharing the edge shares); dense dotted."""
     col = f"ppl/{source}"
     if col not in table or "prune.depth_share" not in table:
         return []
@@ -224,11 +226,19 @@ def ppl_vs_share(table: pd.DataFrame, prefix: Path, source: str = "wiki_test") -
         fig, ax = plt.subplots(figsize=(5.0, 3.4))
         styles = _styles()
         recover = part.get("recover.name", pd.Series("none", index=part.index)).fillna("none")
-        for name, at in part.groupby(recover):
-            pts = at.groupby("prune.depth_share")[col].mean().sort_index()
-            color, marker = next(styles)
-            ax.plot(pts.index, pts.to_numpy(), marker=marker, color=color, lw=1.4, ms=5,
-                    label=f"recovery: {name}", gid=f"share-{name}")
+        order = part.get("prune.order", pd.Series("depth_first", index=part.index))
+        order = order.fillna("depth_first")
+        edge = part["prune.depth_share"].isin([0, 1])  # shares 0 and 1 have no order
+        orders = sorted(order[~edge].unique()) or ["depth_first"]
+        for name in sorted(recover.unique(), key=lambda r: (r != "none", r)):
+            for o in orders:
+                at = part[(recover == name) & (edge | (order == o))]
+                pts = at.groupby("prune.depth_share")[col].mean().sort_index()
+                color, marker = next(styles)
+                tag = f", {o.replace('_', ' ')}" if len(orders) > 1 else ""
+                ax.plot(pts.index, pts.to_numpy(), marker=marker, color=color, lw=1.4, ms=5,
+                        ls="--" if o == "width_first" else "-", label=f"recovery: {name}{tag}",
+                        gid=f"share-{name}-{o}")
         if dense is not None and not dense.empty:
             ax.axhline(dense[col].iloc[0], color="#000000", ls=":", lw=1, label="dense")
         ax.set(xlabel="depth share of the removed parameters (0 = width, 1 = depth)",
@@ -239,22 +249,27 @@ def ppl_vs_share(table: pd.DataFrame, prefix: Path, source: str = "wiki_test") -
     return out
 
 
-def _speedups(table: pd.DataFrame) -> pd.Series:
-    """Batch-1 decode speedup of each row over its model's dense row, from the first decode
-    column the two share; a row without one takes the speed of a row with the same pruned
-    model (recovery merges into the same shapes)."""
-    cols = [c for c in table.columns if c.startswith("speed/") and "/bs1/" in c
-            and c.endswith("/decode_ms")]
+def _speedups(table: pd.DataFrame, engine: str = "hf") -> pd.Series:
+    """Batch-1 decode speedup of each row over its model's dense row: `hf`, from the first decode
+    column the two share; `llamacpp`, from llama.cpp's batch-1 decode tokens/s. A row without
+    one takes the speed of a row with the same pruned model (recovery merges into the same
+    shapes, and a hybrid's `prune.order` never changes the shape)."""
+    if engine == "llamacpp":
+        cols, faster = [c for c in ("engine/speed/b1/decode_tok_s",) if c in table], True
+    else:
+        cols, faster = [c for c in table.columns if c.startswith("speed/") and "/bs1/" in c
+                        and c.endswith("/decode_ms")], False
     model = table["model"] if "model" in table else pd.Series("", index=table.index)
     speed = pd.Series(np.nan, index=table.index)
     for c in cols:
         dense = table[(table["prune.name"] == "none") & table[c].notna()]
         for m, at in table[speed.isna() & table[c].notna()].groupby(model):
-            base = dense[model.loc[dense.index] == m][c]
+            base = dense[model.loc[dense.index] == m][c].astype(float)
             if not base.empty:
-                speed.loc[at.index] = base.median() / at[c]
-    shape = [c for c in table.columns if c.startswith("prune.")] + ["model"]
-    shape = [c for c in shape if c in table]
+                ours = at[c].astype(float)
+                speed.loc[at.index] = ours / base.median() if faster else base.median() / ours
+    shape = [c for c in table.columns if c.startswith("prune.") and c != "prune.order"]
+    shape = [c for c in shape + ["model"] if c in table]
     keys = table[shape].apply(lambda r: "|".join(map(str, r)), axis=1)
     known = speed.groupby(keys).first()
     return speed.fillna(keys.map(known))
@@ -271,13 +286,15 @@ def pareto_front(data: pd.DataFrame, col: str) -> list[tuple[float, float]]:
     return sorted(front)
 
 
-def ppl_vs_speedup(table: pd.DataFrame, path: Path, source: str = "wiki_test") -> Path | None:
-    """Every row with a PPL and a speed: PPL against decode speedup, the Pareto front (points
-    no other point beats on both), markers by method, filled without recovery."""
+def ppl_vs_speedup(table: pd.DataFrame, path: Path, source: str = "wiki_test",
+                   engine: str = "hf") -> Path | None:
+    """Every row with a PPL and a speed: PPL against decode speedup (measured in HF, or in
+    llama.cpp with `engine="llamacpp"`), the Pareto front (points no other point beats on
+    both), colours by method, filled without recovery."""
     col = f"ppl/{source}"
     if col not in table or "prune.name" not in table:
         return None
-    data = table.assign(speedup=_speedups(table)).dropna(subset=["speedup", col])
+    data = table.assign(speedup=_speedups(table, engine)).dropna(subset=["speedup", col])
     if data.empty or (data["prune.name"] != "none").sum() == 0:
         return None
     fig, ax = plt.subplots(figsize=(5.8, 3.8))
@@ -303,10 +320,24 @@ def ppl_vs_speedup(table: pd.DataFrame, path: Path, source: str = "wiki_test") -
                    label="no recovery" if r == "none" else f"+{r}")
     ax.plot(*zip(*pareto_front(data, col), strict=True), color="#000000", ls=":", lw=1,
             label="Pareto front")
-    ax.set(xlabel="decode speedup vs dense (batch 1)", ylabel=f"PPL {source}", yscale="log",
-           title="Quality vs measured speed")
+    ax.set(xlabel=f"decode speedup vs dense (batch 1, {_engine_note(data, engine)})",
+           ylabel=f"PPL {source}", yscale="log", title="Quality vs measured speed")
     _legend_outside(ax)
     return _save(fig, path)
+
+
+def _engine_note(data: pd.DataFrame, engine: str) -> str:
+    """'HF', or 'llama.cpp f32, 2 threads' (the weight type and threads the rows state)."""
+    if engine != "llamacpp":
+        return "HF"
+
+    def one(col: str) -> str:
+        values = data[col].dropna().unique() if col in data else []
+        return f"{values[0]:g}" if len(values) == 1 and not isinstance(values[0], str) else \
+            (str(values[0]) if len(values) == 1 else "")
+
+    dtype, threads = one("engine/speed/dtype"), one("engine/speed/threads")
+    return f"llama.cpp {dtype}".strip() + (f", {threads} threads" if threads else "")
 
 
 def experiment_figures(table: pd.DataFrame, prefix: Path) -> list[Path]:
@@ -320,4 +351,6 @@ def experiment_figures(table: pd.DataFrame, prefix: Path) -> list[Path]:
     ]
     if "prune.depth_share" in table:
         made.append(ppl_vs_speedup(table, prefix.with_name(prefix.name + "_ppl_vs_speedup.png")))
+        made.append(ppl_vs_speedup(table, prefix.with_name(prefix.name + "_ppl_vs_speedup_llamacpp.png"),
+                                   engine="llamacpp"))
     return [p for p in made if p is not None]

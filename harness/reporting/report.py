@@ -76,8 +76,10 @@ def method_label(row: pd.Series) -> str:
     if name == "none" or pd.isna(name):
         return "Dense"
     if name == "hybrid":  # depth then width: both criteria and the depth share
+        share = row.get("prune.depth_share")
+        order = ", width first" if row.get("prune.order") == "width_first" and 0 < share < 1 else ""
         return (f"Hybrid {row.get('prune.depth_criterion')}+{row.get('prune.width_criterion')}, "
-                f"depth share {row.get('prune.depth_share'):g}")
+                f"depth share {share:g}{order}")
     label = f"{name.capitalize()} {row.get('prune.criterion', '')}".strip()
     unit = row.get("prune.unit")
     label = f"{label} ({unit})" if isinstance(unit, str) and unit != "block" else label
@@ -229,8 +231,10 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
         written += _write_matched_size(table, out)
         from harness.reporting.figures import ppl_vs_speedup  # every experiment's points
 
-        png = ppl_vs_speedup(table, out / "pareto_ppl_vs_speedup.png")
-        written += [png, *vector_files(png)] if png else []
+        for engine, name in (("hf", "pareto_ppl_vs_speedup.png"),
+                             ("llamacpp", "pareto_ppl_vs_speedup_llamacpp.png")):
+            png = ppl_vs_speedup(table, out / name, engine=engine)
+            written += [png, *vector_files(png)] if png else []
     return written
 
 
