@@ -132,7 +132,8 @@ def _other(name: str, value):
                "attn_unit": "kv_group" if value != "kv_group" else "q_head",
                "gqa_fold": "llm_pruner" if value != "llm_pruner" else "aligned",
                "criterion": "taylor" if value != "taylor" else "random",
-               "mlp_criterion": "l1" if value != "l1" else "l2"}
+               "mlp_criterion": "l1" if value != "l1" else "l2",
+               "order": "width_first" if value != "width_first" else "depth_first"}
     if name in special:
         return special[name]
     if name == "name" and value in EMBEDDED_SHA256:  # an embedded model: keyed by its wheel
