@@ -75,6 +75,10 @@ def test_llamacpp_speedups_are_tokens_per_second_over_dense(tmp_path):
     speed = _speedups(table, "llamacpp")
     assert speed.iloc[0] == 1.0 and speed.notna().all()
     assert speed.iloc[-1] == pytest.approx(65.0 / 50.0)  # width_first: its shape's speed
+    again = table[pruned & (table["prune.depth_share"] == 1.0)].assign(
+        **{"engine/speed/b1/decode_tok_s": 90.0})  # a second speed run of one shape
+    pooled = _speedups(pd.concat([table, again], ignore_index=True), "llamacpp")
+    assert pooled.iloc[-1] == pytest.approx((70.0 + 90.0) / 2 / 50.0)
     lora = table[(table["recover.name"] == "lora") & (table["prune.depth_share"] == 1.0)]
     assert list(speed.loc[lora.index]) == pytest.approx([70.0 / 50.0] * 2)
     png = ppl_vs_speedup(table, tmp_path / "front.png", engine="llamacpp")

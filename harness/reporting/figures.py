@@ -251,9 +251,9 @@ def ppl_vs_share(table: pd.DataFrame, prefix: Path, source: str = "wiki_test") -
 
 def _speedups(table: pd.DataFrame, engine: str = "hf") -> pd.Series:
     """Batch-1 decode speedup of each row over its model's dense row: `hf`, from the first decode
-    column the two share; `llamacpp`, from llama.cpp's batch-1 decode tokens/s. A row without
-    one takes the speed of a row with the same pruned model (recovery merges into the same
-    shapes, and a hybrid's `prune.order` never changes the shape)."""
+    column the two share; `llamacpp`, from llama.cpp's batch-1 decode tokens/s. Every row takes
+    the median over the rows with the same pruned model (recovery merges into the same shapes,
+    a hybrid's `prune.order` never changes the shape, and repeated speed runs are pooled)."""
     if engine == "llamacpp":
         cols, faster = [c for c in ("engine/speed/b1/decode_tok_s",) if c in table], True
     else:
@@ -271,8 +271,7 @@ def _speedups(table: pd.DataFrame, engine: str = "hf") -> pd.Series:
     shape = [c for c in table.columns if c.startswith("prune.") and c != "prune.order"]
     shape = [c for c in shape + ["model"] if c in table]
     keys = table[shape].apply(lambda r: "|".join(map(str, r)), axis=1)
-    known = speed.groupby(keys).first()
-    return speed.fillna(keys.map(known))
+    return speed.groupby(keys).transform("median")  # a shape measured twice: the median
 
 
 def pareto_front(data: pd.DataFrame, col: str) -> list[tuple[float, float]]:
