@@ -171,9 +171,13 @@ class HybridPruneConfig(Keyed):
         layers = R.resolve_layers(width.layer_start, width.layer_end, full.n_layers)
         counts = R.solve_counts(geo, width, len(shallow))
         per_attn, per_kept = counts.attn_removed // len(shallow), counts.mlp_kept // len(shallow)
-        removed = R.removed_params(full, width, len(layers), per_attn * len(layers),
-                                   per_kept * len(layers))
-        return replace(width, ratio=removed / full.total)
+        want = (per_attn * len(layers), per_kept * len(layers))
+        cfg = replace(width, ratio=R.removed_params(full, width, len(layers), *want) / full.total)
+        got = R.solve_counts(full, cfg, len(layers))
+        if (got.attn_removed, got.mlp_kept) != want:  # never silently a different shape
+            raise ValueError("prune.order=width_first: these width options do not give the dense "
+                             "model the depth-first layer widths; use prune.order=depth_first")
+        return cfg
 
     def _check_width_first(self, hf_config) -> None:
         if self.scope != "uniform":
@@ -187,6 +191,7 @@ class HybridPruneConfig(Keyed):
                              f"[{self.layer_start}, {self.layer_end}) to cover the depth "
                              f"candidates {self.protect_first}..{n - self.protect_last - 1}, so "
                              "every removed block is one the width part cut")
+        self.dense_width_config(hf_config)  # the same widths as depth_first, or one line why
 
     # ---- keys -------------------------------------------------------------------------------
     def key_fields(self) -> dict:
